@@ -1,0 +1,360 @@
+"""The one client API. Magics, widgets, the server extension and the CLI call these methods and nothing
+below them; an HTTP client with the same methods can stand in for this in-process one."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from . import status as st
+from .engine import Engine
+from .errors import EventAborted, FunctionError, ScfError, invalid, not_found_event
+from .events import Event
+from .functions import LATEST, Function, check_name, make_function
+from .records import EventState, key_of
+from .status import ALL, Status
+
+EVENT_LIST_COLUMNS = ("request_id", "function_name", "namespace", "qualifier", "invoke_type", "status",
+                      "start_time", "end_time", "duration_ms", "billed_duration_ms", "mem_usage_bytes",
+                      "error_type", "error_message", "exit_reason")
+_INFO_COLUMNS = EVENT_LIST_COLUMNS[:7] + ("run_time",) + EVENT_LIST_COLUMNS[7:] + ("error_traceback", "result",
+                                                                                   "traced", "instance_pid")
+
+
+class Client:
+    """Event management on one engine. ``scf_nb``'s module functions call the default one."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- functions ------------------------------------------------------------------------------------------
+    def create_function(self, name: str, code: str, *, async_run: bool = False, trace: bool = True,
+                        timeout: float | None = None, concurrency: int | None = None,
+                        qps_limit: float | None = None, handler: str = "main_handler",
+                        namespace: str = "default", env: dict[str, str] | None = None,
+                        memory_mb: int | None = None, description: str = "") -> Function:
+        """Register ``code`` as function ``name`` (its ``$LATEST``); the same name again updates it.
+
+        Raises:
+            ScfError: ``InvalidParameterValue.Code`` (syntax error, with the line), ``.Handler`` (no such
+                top-level function), ``.AsyncRunEnable`` (sync/async differs from creation), other bad values.
+        """
+        fn = make_function(name, code, async_run=async_run, trace=trace, timeout=timeout,
+                           concurrency=concurrency, qps_limit=qps_limit, handler=handler, namespace=namespace,
+                           env=env, memory_mb=memory_mb, description=description)
+        return self.engine.create_function(fn)
+
+    def publish_version(self, name: str, *, namespace: str = "default", description: str = "") -> str:
+        """Snapshot ``$LATEST`` as an immutable version; returns its number ("1", "2", ...)."""
+        return self.engine.publish_version(namespace, name, description).version
+
+    def get_function(self, name: str, *, namespace: str = "default", qualifier: str = LATEST) -> Function:
+        return self.engine.registry.get(namespace, name, qualifier)
+
+    def list_functions(self, *, namespace: str | None = None) -> pd.DataFrame:
+        """One row per function version: name, namespace, version, async_run, trace, timeout, ..."""
+        rows = [fn.as_dict() for fn in self.engine.registry.all() if namespace in (None, fn.namespace)]
+        cols = ["name", "namespace", "version", "async_run", "trace", "timeout", "concurrency", "qps_limit",
+                "memory_mb", "handler", "description", "revision", "created_at", "updated_at"]
+        frame = pd.DataFrame(rows, columns=cols)
+        for c in ("created_at", "updated_at"):
+            frame[c] = pd.to_datetime(frame[c], unit="s", utc=True).dt.tz_convert(_local_tz())
+        return frame.sort_values(["namespace", "name", "version"], ignore_index=True)
+
+    def delete_function(self, name: str, *, namespace: str = "default") -> None:
+        """Delete a function and its versions (its event history stays). Refused while its events run."""
+        self.engine.delete_function(namespace, name)
+
+    # -- events ---------------------------------------------------------------------------------------------
+    def invoke(self, name: str, event: Any = None, *, qualifier: str = LATEST,
+               namespace: str = "default") -> Event:
+        """Invoke a function with ``event`` (JSON data). Async functions return at once with the event
+        QUEUED or RUNNING; sync ones return when it has ended.
+
+        Raises:
+            ScfError: ``ResourceNotFound.Function``, ``InvalidParameterValue.ClientContext`` (not JSON, or
+                over 128 KB async / 6 MB sync), ``LimitExceeded.Qps`` (rate limit; nothing recorded).
+        """
+        ev = self.engine.invoke(name, event, str(qualifier), namespace)
+        handle = Event(self, ev.request_id, name)
+        if not ev.fn.async_run:
+            self.engine.wait(ev, None)
+        return handle
+
+    def get_event(self, request_id: str) -> Event:
+        """A handle on any recorded event, of this session or an earlier one."""
+        rec = self._record(request_id, traced_only=True)
+        return Event(self, request_id, rec["function_name"])
+
+    def get_event_status(self, request_id: str) -> str:
+        return self._record(request_id, traced_only=True)["status"]
+
+    def wait_event(self, request_id: str, timeout: float | None = None) -> str:
+        ev = self.engine.live(request_id)
+        if ev is not None:
+            return self.engine.wait(ev, timeout).value
+        return self._status(request_id)
+
+    def event_result(self, request_id: str, timeout: float | None = None) -> Any:
+        status = self.wait_event(request_id, timeout)
+        rec = self._record(request_id)
+        if status == Status.FINISHED:
+            return json.loads(rec["result"]) if rec["result"] is not None else None
+        if status == Status.FAILED:
+            raise FunctionError(request_id, rec["error_type"] or "Error", rec["error_message"] or "",
+                                rec["error_traceback"] or "")
+        if status == Status.ABORTED:
+            raise EventAborted(request_id, rec["exit_reason"] or "terminated")
+        raise TimeoutError(f"event {request_id} is still {status} after {timeout} s")
+
+    def terminate(self, request_id: str, *, grace: bool = False, wait: bool = True) -> str:
+        """Stop a queued or running event; it becomes ABORTED and no other event is touched.
+
+        Args:
+            grace: SIGTERM first (the handler may catch it), SIGKILL after ``grace_seconds``.
+            wait: return only once the event is ABORTED (the default).
+
+        Raises:
+            ScfError: ``ResourceNotFound.AsyncEvent`` for an unknown id, ``FailedOperation.AsyncEventStatus``
+                for an event that has already ended.
+        """
+        self._record(request_id, traced_only=True)
+        return self._terminate(request_id, grace, wait)
+
+    def list_events(self, function: str | None = None, *, namespace: str | None = None,
+                    qualifier: str | None = None, status: str | Iterable[str] | None = None,
+                    invoke_type: str | Iterable[str] | None = None, request_id: str | None = None,
+                    start_time: tuple[Any, Any] | None = None, end_time: tuple[Any, Any] | None = None,
+                    order: str = "DESC", orderby: str = "StartTime", offset: int = 0,
+                    limit: int | None = 20) -> pd.DataFrame:
+        """Events as a DataFrame, filtered as TencentCloud's ListAsyncEvents does.
+
+        Args:
+            status, invoke_type: one value or a list.
+            start_time, end_time: ``(start, end)``, left-closed right-open; either may be None; each a
+                datetime, a "%Y-%m-%d %H:%M:%S" string (local time) or epoch seconds.
+            order: "ASC" or "DESC"; orderby: "StartTime" or "EndTime"; limit None for all.
+        """
+        where, params = ["traced"], []
+        for column, value in (("function_name", function), ("namespace", namespace), ("qualifier", qualifier),
+                              ("request_id", request_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(str(value))
+        if status is not None:
+            values = [st.parse(s).value for s in _as_list(status, "status")]
+            where.append(f"status IN ({', '.join('?' * len(values))})")
+            params += values
+        if invoke_type is not None:
+            values = _as_list(invoke_type, "invoke_type")
+            where.append(f"invoke_type IN ({', '.join('?' * len(values))})")
+            params += values
+        for column, interval in (("start_time", start_time), ("end_time", end_time)):
+            _time_interval(column, interval, where, params)
+        direction = str(order).upper()
+        if direction not in ("ASC", "DESC"):
+            raise invalid("Order", f"order must be 'ASC' or 'DESC', got {order!r}")
+        columns = {"StartTime": "start_time", "EndTime": "end_time"}
+        if orderby not in columns:
+            raise invalid("Orderby", f"orderby must be 'StartTime' or 'EndTime', got {orderby!r}")
+        offset, limit = _page(offset, limit)
+        sql = (f"SELECT {', '.join(EVENT_LIST_COLUMNS)} FROM events WHERE {' AND '.join(where)} "
+               f"ORDER BY {columns[orderby]} {direction} NULLS LAST, event_key {direction}")
+        if limit is not None:
+            sql += f" LIMIT {limit}"
+        sql += f" OFFSET {offset}"
+        return self.engine.store.query(sql, params)
+
+    def overview(self, function: str | None = None, *, namespace: str | None = None,
+                 since: Any = None) -> pd.DataFrame:
+        """One row per status (QUEUED, RUNNING, FINISHED, FAILED, ABORTED; zero when none) with
+        ``count`` and duration statistics (avg, approximate p50/p95, max, in ms)."""
+        where, params = ["traced"], []
+        if function is not None:
+            where.append("function_name = ?")
+            params.append(function)
+        if namespace is not None:
+            where.append("namespace = ?")
+            params.append(namespace)
+        if since is not None:
+            where.append("start_time >= to_timestamp(?)")
+            params.append(_epoch(since, "since"))
+        rows = self.engine.store.rows(
+            "SELECT status, count(*), avg(duration_ms), approx_quantile(duration_ms, 0.5), "
+            "approx_quantile(duration_ms, 0.95), max(duration_ms) FROM events "
+            f"WHERE {' AND '.join(where)} GROUP BY status", params)
+        by_status = {r[0]: r for r in rows}
+        out = []
+        for s in ALL:
+            r = by_status.get(s.value, (s.value, 0, None, None, None, None))
+            out.append({"status": s.value, "count": int(r[1]), "avg_duration_ms": r[2],
+                        "p50_duration_ms": r[3], "p95_duration_ms": r[4], "max_duration_ms": r[5]})
+        frame = pd.DataFrame(out)
+        for c in ("avg_duration_ms", "p50_duration_ms", "p95_duration_ms", "max_duration_ms"):
+            frame[c] = frame[c].astype("float64")
+        return frame
+
+    def logs(self, request_id: str, *, since_seq: int | None = None, stream: str | None = None) -> pd.DataFrame:
+        """The event's lines in ``seq`` order: columns ``seq, ts, stream, line``. ``since_seq`` returns only
+        the lines after that one, so a caller can follow a running event."""
+        self._record(request_id, traced_only=True)
+        return self._logs(request_id, since_seq, stream)
+
+    def search_logs(self, text: str, *, function: str | None = None, namespace: str | None = None,
+                    limit: int = 1000) -> pd.DataFrame:
+        """Lines containing ``text`` (case-insensitive), newest events first, with their RequestId."""
+        if not isinstance(text, str) or not text:
+            raise invalid("SearchText", "search_logs needs a non-empty string")
+        where, params = ["contains(lower(l.line), lower(?))"], [text]
+        if function is not None:
+            where.append("e.function_name = ?")
+            params.append(function)
+        if namespace is not None:
+            where.append("e.namespace = ?")
+            params.append(namespace)
+        _, limit = _page(0, limit)
+        return self.engine.store.query(
+            "SELECT e.request_id, e.function_name, l.seq, l.ts, l.stream, l.line FROM logs l "
+            f"JOIN events e USING (event_key) WHERE {' AND '.join(where)} "
+            f"ORDER BY l.event_key DESC, l.seq LIMIT {limit}", params)
+
+    def export(self, path: str | Path) -> dict[str, int]:
+        """Write events, logs and functions as Parquet files into folder ``path``; returns row counts.
+        Use it to keep records past the retention window."""
+        return self.engine.store.export(Path(path))
+
+    def purge(self) -> int:
+        """Apply the retention window now (the engine also does it on its own); returns events deleted."""
+        return self.engine.purge()
+
+    def close(self) -> None:
+        self.engine.close()
+
+    # -- used by Event (untraced events too: the handle works, the tracking views do not list them) ---------
+    def _status(self, request_id: str) -> str:
+        ev = self.engine.live(request_id)
+        if ev is not None:
+            return ev.status.value
+        return self._record(request_id)["status"]
+
+    def _terminate(self, request_id: str, grace: bool, wait: bool) -> str:
+        ev = self.engine.live(request_id)
+        if ev is None or ev.status.is_terminal:
+            status = self._record(request_id)["status"]
+            raise ScfError("FailedOperation.AsyncEventStatus",
+                           f"event {request_id} has already ended ({status}); only QUEUED or RUNNING events "
+                           f"can be terminated")
+        self.engine.terminate(ev, grace)
+        if not wait:
+            return ev.status.value
+        limit = (self.engine.config.grace_seconds if grace else 0) + 30
+        return self.engine.wait(ev, limit).value
+
+    def _logs(self, request_id: str, since_seq: int | None, stream: str | None) -> pd.DataFrame:
+        key = self._key(request_id)
+        where, params = ["event_key = ?"], [key]
+        if since_seq is not None:
+            if not isinstance(since_seq, int) or since_seq < 0:
+                raise invalid("SinceSeq", f"since_seq must be an integer >= 0, got {since_seq!r}")
+            where.append("seq > ?")
+            params.append(since_seq)
+        if stream is not None:
+            if stream not in ("stdout", "stderr"):
+                raise invalid("Stream", f"stream must be 'stdout' or 'stderr', got {stream!r}")
+            where.append("stream = ?")
+            params.append(stream)
+        return self.engine.store.query(
+            f"SELECT seq, ts, stream, line FROM logs WHERE {' AND '.join(where)} ORDER BY seq", params)
+
+    def _info(self, request_id: str) -> dict[str, Any]:
+        rec = self._record(request_id)
+        info = {c: rec.get(c) for c in _INFO_COLUMNS if c != "result"}
+        info["error"] = ({"type": rec["error_type"], "message": rec["error_message"],
+                          "traceback": rec["error_traceback"]} if rec["error_type"] else None)
+        return info
+
+    def _key(self, request_id: str) -> int:
+        ev = self.engine.live(request_id)
+        if ev is not None:
+            return ev.key
+        self._record(request_id)
+        return key_of(request_id)  # type: ignore[return-value]
+
+    def _record(self, request_id: str, traced_only: bool = False) -> dict[str, Any]:
+        """The event's fields: from memory while it is live, else from the store."""
+        ev = self.engine.live(request_id)
+        if ev is not None:
+            if traced_only and not ev.traced:
+                raise not_found_event(request_id)
+            return _from_state(ev)
+        key = key_of(request_id)
+        if key is None:
+            raise not_found_event(request_id)
+        cur = self.engine.store
+        cols = ", ".join(_INFO_COLUMNS)
+        rows = cur.rows(f"SELECT {cols} FROM events WHERE event_key = ? AND request_id = ?", [key, request_id])
+        if not rows or (traced_only and not rows[0][_INFO_COLUMNS.index("traced")]):
+            raise not_found_event(request_id)
+        return dict(zip(_INFO_COLUMNS, rows[0]))
+
+
+def _from_state(ev: EventState) -> dict[str, Any]:
+    rec = {c: getattr(ev, c) for c in _INFO_COLUMNS}
+    rec["status"] = ev.status.value
+    for c in ("start_time", "run_time", "end_time"):
+        if rec[c] is not None:
+            rec[c] = datetime.fromtimestamp(rec[c]).astimezone()
+    return rec
+
+
+def _local_tz() -> Any:
+    return datetime.now().astimezone().tzinfo
+
+
+def _as_list(value: Any, name: str) -> list[str]:
+    values = [value] if isinstance(value, str) else list(value)
+    if not values or not all(isinstance(v, str) for v in values):
+        raise invalid(name.capitalize(), f"{name} must be a string or a list of strings, got {value!r}")
+    return values
+
+
+def _epoch(value: Any, name: str) -> float:
+    """Epoch seconds from a datetime, a pandas Timestamp, a string (naive means local time) or a number."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        raise invalid("TimeInterval", f"{name}: cannot read {value!r} as a time; use 'YYYY-MM-DD HH:MM:SS', "
+                                      f"a datetime or epoch seconds") from None
+    if ts is pd.NaT:
+        raise invalid("TimeInterval", f"{name}: {value!r} is not a time")
+    if ts.tzinfo is None:
+        return ts.to_pydatetime().astimezone().timestamp()
+    return ts.timestamp()
+
+
+def _time_interval(column: str, interval: Any, where: list[str], params: list[Any]) -> None:
+    if interval is None:
+        return
+    if not isinstance(interval, (tuple, list)) or len(interval) != 2:
+        raise invalid("TimeInterval", f"{column} must be a (start, end) pair, got {interval!r}")
+    start, end = interval
+    if start is not None:
+        where.append(f"{column} >= to_timestamp(?)")
+        params.append(_epoch(start, column))
+    if end is not None:
+        where.append(f"{column} < to_timestamp(?)")
+        params.append(_epoch(end, column))
+
+
+def _page(offset: Any, limit: Any) -> tuple[int, int | None]:
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise invalid("Offset", f"offset must be an integer >= 0, got {offset!r}")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise invalid("Limit", f"limit must be a positive integer or None, got {limit!r}")
+    return offset, limit

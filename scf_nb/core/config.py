@@ -1,0 +1,87 @@
+"""Engine configuration: ``scf_nb.configure(...)`` or ``SCF_NB_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import invalid
+
+ASYNC_MAX_EVENT_BYTES = 128 * 1024
+SYNC_MAX_EVENT_BYTES = 6 * 1024 * 1024
+ASYNC_DEFAULT_TIMEOUT_S = 24 * 3600
+SYNC_DEFAULT_TIMEOUT_S = 15 * 60
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of one engine. Every field has an ``SCF_NB_<NAME>`` environment variable.
+
+    Attributes:
+        home: folder of the DuckDB store (``<home>/scf_nb.duckdb``). Default ``./.scf_nb``.
+        max_workers: most instance processes alive at once, over all functions.
+        retention_hours: events and logs older than this are deleted, rolling (SCF keeps 3 days).
+        max_qps: invocations per second accepted over all functions; beyond it ``LimitExceeded``.
+        grace_seconds: how long ``terminate(grace=True)`` waits after SIGTERM before killing.
+        idle_instance_seconds: an idle instance is stopped after this long.
+        flush_interval: seconds between the store writer's batches.
+        store_memory_mb: DuckDB's memory limit.
+        clock: the wall clock (seconds since the epoch); injectable for retention tests.
+    """
+
+    home: Path = field(default_factory=lambda: Path(".scf_nb"))
+    max_workers: int = field(default_factory=lambda: max(8, 2 * (os.cpu_count() or 1)))
+    retention_hours: float = 72.0
+    max_qps: float = 1000.0
+    grace_seconds: float = 3.0
+    idle_instance_seconds: float = 600.0
+    flush_interval: float = 0.03
+    store_memory_mb: int = 256
+    clock: Callable[[], float] = time.time
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.home) / "scf_nb.duckdb"
+
+    def updated(self, **changes: Any) -> "Config":
+        """A copy with ``changes`` applied and checked; a clear error names an unknown or bad setting."""
+        known = {f.name for f in fields(self)}
+        for name in changes:
+            if name not in known:
+                raise invalid("Config", f"unknown setting {name!r}; known: {', '.join(sorted(known))}")
+        if "home" in changes:
+            changes["home"] = Path(changes["home"]).expanduser()
+        cfg = replace(self, **changes)
+        cfg._check()
+        return cfg
+
+    def _check(self) -> None:
+        positive = ("max_workers", "retention_hours", "max_qps", "flush_interval", "store_memory_mb",
+                    "idle_instance_seconds")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise invalid("Config", f"{name} must be a positive number, got {value!r}")
+        if not isinstance(self.grace_seconds, (int, float)) or self.grace_seconds < 0:
+            raise invalid("Config", f"grace_seconds must be >= 0, got {self.grace_seconds!r}")
+
+
+def from_environment(environ: dict[str, str] | None = None) -> Config:
+    """The default config with every ``SCF_NB_<NAME>`` variable applied."""
+    environ = dict(os.environ if environ is None else environ)
+    changes: dict[str, Any] = {}
+    for f in fields(Config):
+        raw = environ.get(f"SCF_NB_{f.name.upper()}")
+        if raw is None or f.name == "clock":
+            continue
+        if f.name == "home":
+            changes["home"] = raw
+            continue
+        try:
+            changes[f.name] = int(raw) if f.name in ("max_workers", "store_memory_mb") else float(raw)
+        except ValueError:
+            raise invalid("Config", f"SCF_NB_{f.name.upper()}={raw!r} is not a number") from None
+    return Config().updated(**changes)

@@ -1,0 +1,620 @@
+"""The engine: admission, the per-function FIFO dispatcher, instance life cycles, terminate and timeouts.
+
+::
+
+    invoke() [any thread]                 engine thread (one selector loop)               instances
+    ---------------------                 ---------------------------------               ---------
+    check function + event, rate limit
+    RequestId, QUEUED record -> store buffer
+    inbox.append(event), wake ------->    per-function FIFO -> idle instance? --- run --->  serve loop
+    return Event (no disk, no process)        else start one (Spawner, loky)                 handler
+                                          pipes: bytes -> lines -> store buffer  <-- fd 1/2 -- print/C/children
+                                          "done" + END markers on both pipes  <---- done ----
+                                          -> FINISHED / FAILED (instance replaced)
+    terminate() -> inbox -------------->  SIGKILL (or SIGTERM, SIGKILL after grace) the
+                                          instance's process group; read pipes to EOF -> ABORTED
+                                          timers: timeouts, grace kills, memory limits, idle instances
+
+Only this thread changes an event's status (under the store's lock, which also guards the write buffer),
+so a terminal status is final and every reader sees the newest one. The store's writer thread turns the
+buffers into batched DuckDB writes off the invoke path.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+from collections import deque
+from multiprocessing.connection import Connection
+from typing import Any, Callable
+
+from .admission import Admission, encode_event
+from .config import Config
+from .errors import ScfError
+from .functions import LATEST, Function, Registry
+from .instances import BUSY, DYING, IDLE, STARTING, Instance, Outcome, Spawner, at_exit
+from .logchannel import LineSplitter
+from .records import EventState, make_request_id
+from .status import Status
+from .store import Store
+
+log = logging.getLogger("scf_nb")
+_REAPED = "reaped"
+_REAP_AFTER_KILL_S = 2.0
+_START_TIMEOUT_S = 60.0
+_PAGE = resource.getpagesize()
+
+
+class Engine:
+    """Runs events of registered functions in instance processes and records everything in the store.
+
+    Args:
+        config: the settings; ``config.db_path`` must not be open in another process.
+
+    Raises:
+        ScfError: ``FailedOperation.StoreLocked`` when another process holds the store.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.clock = config.clock
+        self.store = Store(config.db_path, config.store_memory_mb, self._committed)
+        try:
+            self.recovered = self._recover()
+            self.registry = Registry(self.store.load_functions())
+            self._keys = itertools.count(self.store.max_event_key() + 1)
+        except BaseException:
+            self.store.close()
+            raise
+        self._live: dict[str, EventState] = {}
+        self._waiters: dict[str, threading.Event] = {}
+        self._queues: dict[tuple[str, str], deque[EventState]] = {}
+        self._pools: dict[tuple[str, str], list[Instance]] = {}  # instances not dying, per function
+        self._all: set[Instance] = set()
+        self._by_token: dict[str, Instance] = {}
+        self._inbox: deque[tuple[Any, ...]] = deque()
+        self._timers: list[tuple[float, int, str, Any]] = []
+        self._timer_seq = itertools.count()
+        self._numbers = itertools.count(1)
+        self._admission = Admission(config.max_qps)
+        self._sleeping = False
+        self._need_dispatch = False
+        self._closing = False
+        self._closed = False
+        self.loop_errors = 0
+        self._sockdir = tempfile.mkdtemp(prefix="scf_nb-")
+        self._address = os.path.join(self._sockdir, "engine.sock")
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(self._address)
+        self._listener.listen(128)
+        self._listener.setblocking(False)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self._listener, selectors.EVENT_READ, (self._on_accept, None))
+        self._sel.register(self._wake_r, selectors.EVENT_READ, (self._on_wake, None))
+        self.store.start(config.flush_interval)
+        self._spawner = Spawner(lambda inst: self._post(("exited", inst)))
+        self._thread = threading.Thread(target=self._run, name="scf_nb-engine", daemon=True)
+        self._thread.start()
+        self._schedule(1.0, "tick", None)
+        at_exit(self.close)
+
+    # == the API's side (any thread) ==========================================================================
+    def create_function(self, fn: Function) -> Function:
+        fn = self.registry.put_latest(fn, self.clock())
+        self.store.save_functions([fn])
+        return fn
+
+    def publish_version(self, namespace: str, name: str, description: str) -> Function:
+        fn = self.registry.publish(namespace, name, description, self.clock())
+        self.store.save_functions([fn])
+        return fn
+
+    def delete_function(self, namespace: str, name: str) -> None:
+        self.registry.get(namespace, name)
+        busy = [ev.request_id for ev in list(self._live.values())
+                if ev.fn.key == (namespace, name) and not ev.status.is_terminal]
+        if busy:
+            raise ScfError("FailedOperation.FunctionStatusError",
+                           f"{namespace}/{name} has {len(busy)} queued or running events (e.g. {busy[0]}); "
+                           f"terminate them or wait, then delete")
+        self.registry.remove(namespace, name)
+        self.store.delete_function(namespace, name)
+        self._post(("retire", (namespace, name)))
+
+    def invoke(self, name: str, event: Any, qualifier: str, namespace: str) -> EventState:
+        """Accept an event: no disk I/O and no process round trip on this path."""
+        if self._closed:
+            raise ScfError("FailedOperation.EngineStopped", "the engine was shut down")
+        fn = self.registry.get(namespace, name, qualifier)
+        payload = encode_event(event, fn.async_run)
+        self._admission.admit(fn, time.monotonic())
+        key = next(self._keys)
+        ev = EventState(key, make_request_id(key), fn, fn.version, payload, self.clock())
+        with self.store.lock:
+            self._live[ev.request_id] = ev
+            self.store.add_event(ev)
+        self._post(("invoke", ev))
+        return ev
+
+    def live(self, request_id: str) -> EventState | None:
+        """The in-memory record of an event not yet on disk in its final state."""
+        return self._live.get(request_id)
+
+    def terminate(self, ev: EventState, grace: bool) -> None:
+        self._post(("terminate", ev, grace))
+
+    def wait(self, ev: EventState, timeout: float | None) -> Status:
+        with self.store.lock:
+            if ev.status.is_terminal:
+                return ev.status
+            waiter = self._waiters.get(ev.request_id)
+            if waiter is None:
+                waiter = self._waiters[ev.request_id] = threading.Event()
+        waiter.wait(timeout)
+        return ev.status
+
+    def instances(self) -> list[dict[str, Any]]:
+        """A snapshot of the instances: function, revision, state, pid, the event it serves."""
+        return [{"function_name": i.fn.name, "namespace": i.fn.namespace, "revision": i.revision,
+                 "state": i.state, "pid": i.pid, "request_id": i.event.request_id if i.event else None}
+                for i in list(self._all)]
+
+    def purge(self) -> int:
+        """Apply the retention window now: delete ended events (and logs) older than ``retention_hours``."""
+        return self.store.purge(self.clock() - self.config.retention_hours * 3600.0)
+
+    def close(self) -> None:
+        """Stop: queued and running events become FAILED (engine stopped), instances die, the store is
+        flushed and closed. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._post(("close",))
+        self._thread.join(timeout=15)
+        self._spawner.stop()
+        self.store.close()
+        self._sel.close()
+        self._listener.close()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+        shutil.rmtree(self._sockdir, ignore_errors=True)
+
+    def _post(self, item: tuple[Any, ...]) -> None:
+        self._inbox.append(item)
+        if self._sleeping:
+            try:
+                os.write(self._wake_w, b"\0")
+            except (BlockingIOError, OSError):
+                pass
+
+    def _committed(self, events: list[EventState]) -> None:
+        for ev in events:
+            if ev.status.is_terminal:
+                self._live.pop(ev.request_id, None)
+
+    # == recovery ==============================================================================================
+    def _recover(self) -> int:
+        reason = ("the engine running this event stopped before it ended (kernel restarted or process "
+                  "killed); nothing of it is running now")
+        n, groups = self.store.recover(reason)
+        for pgid in groups:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        return n
+
+    # == the engine thread ====================================================================================
+    def _run(self) -> None:
+        while True:
+            try:
+                if self._step():
+                    return
+            except Exception:
+                self.loop_errors += 1
+                log.exception("scf_nb engine loop error")
+
+    def _step(self) -> bool:
+        while self._inbox:
+            item = self._inbox.popleft()
+            getattr(self, "_cmd_" + item[0])(*item[1:])
+        timeout = self._run_timers()
+        if self._need_dispatch:  # capacity was freed somewhere: never dispatch re-entrantly
+            self._need_dispatch = False
+            self._dispatch_waiting()
+        if self._closing and not self._all:
+            return True
+        self._sleeping = True
+        if self._inbox:
+            self._sleeping = False
+            return False
+        ready = self._sel.select(timeout)
+        self._sleeping = False
+        for key, _ in ready:
+            handler, obj = key.data
+            handler(key.fd, obj)
+        return False
+
+    def _schedule(self, delay: float, kind: str, obj: Any) -> None:
+        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_seq), kind, obj))
+
+    def _run_timers(self) -> float:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, kind, obj = heapq.heappop(self._timers)
+            getattr(self, "_timer_" + kind)(obj)
+        return max(0.0, self._timers[0][0] - now) if self._timers else 1.0
+
+    # -- commands -----------------------------------------------------------------------------------------------
+    def _cmd_invoke(self, ev: EventState) -> None:
+        if ev.status.is_terminal:  # terminated before we got here
+            return
+        self._queues.setdefault(ev.fn.key, deque()).append(ev)
+        self._dispatch(ev.fn.key)
+
+    def _cmd_terminate(self, ev: EventState, grace: bool) -> None:
+        if ev.status.is_terminal:
+            return
+        inst = ev.instance
+        if ev.status is Status.QUEUED or inst is None:
+            queue = self._queues.get(ev.fn.key)
+            if queue is not None and ev in queue:
+                queue.remove(ev)
+            self._end(ev, Status.ABORTED, duration_ms=0.0, exit_reason="terminated while queued")
+            return
+        if grace and self.config.grace_seconds > 0:
+            reason = f"terminated: SIGTERM, then SIGKILL after {self.config.grace_seconds:g} s if still running"
+            self._kill(inst, Outcome(Status.ABORTED, None, None, reason), signal.SIGTERM,
+                       self.config.grace_seconds)
+        else:
+            self._kill(inst, Outcome(Status.ABORTED, None, None, "terminated: SIGKILL"))
+
+    def _cmd_exited(self, inst: Instance) -> None:
+        inst.exited = True
+        if inst.state != DYING and inst.state != _REAPED:
+            self._kill(inst, None)
+        self._maybe_reap(inst)
+
+    def _cmd_retire(self, key: tuple[str, str]) -> None:
+        for inst in list(self._pools.get(key, ())):
+            if inst.event is None:
+                self._kill(inst, None)
+
+    def _cmd_close(self) -> None:
+        self._closing = True
+        for queue in self._queues.values():
+            for ev in queue:
+                self._end(ev, Status.FAILED, duration_ms=0.0, error_type="EngineStopped",
+                          error_message="the engine stopped before the event ran", exit_reason="engine stopped")
+        self._queues.clear()
+        for inst in list(self._all):
+            self._kill(inst, Outcome(Status.FAILED, "EngineStopped", "the engine stopped while the event ran",
+                                     "engine stopped"))
+
+    # -- dispatch ---------------------------------------------------------------------------------------------
+    def _dispatch(self, key: tuple[str, str]) -> None:
+        queue = self._queues.get(key)
+        while queue and not self._closing:
+            inst = self._instance_for(queue[0].fn)
+            if inst is None:
+                break
+            self._assign(inst, queue.popleft())
+        if not queue:
+            self._queues.pop(key, None)
+
+    def _dispatch_waiting(self) -> None:
+        for key in list(self._queues):
+            self._dispatch(key)
+
+    def _instance_for(self, fn: Function) -> Instance | None:
+        """An idle instance of ``fn``'s revision, or a new one if the limits allow (replacing an idle one
+        of stale code, or of another function, when that is what stands in the way)."""
+        pool = self._pools.setdefault(fn.key, [])
+        stale = None
+        for inst in pool:
+            if inst.state == IDLE:
+                if inst.revision == fn.revision:
+                    return inst
+                stale = inst
+        concurrency = fn.concurrency or os.cpu_count() or 1
+        if len(pool) >= concurrency:
+            if stale is None:
+                return None
+            self._kill(stale, None)
+        elif sum(len(p) for p in self._pools.values()) >= self.config.max_workers:
+            idle = [i for p in self._pools.values() for i in p if i.state == IDLE]
+            if not idle:
+                return None
+            self._kill(min(idle, key=lambda i: i.idle_since), None)
+        return self._start(fn)
+
+    def _start(self, fn: Function) -> Instance:
+        inst = Instance(fn, next(self._numbers), os.urandom(16).hex())
+        inst.started_at = time.monotonic()
+        self._pools.setdefault(fn.key, []).append(inst)
+        self._all.add(inst)
+        self._by_token[inst.token] = inst
+        self._spawner.spawn(inst, self._address)
+        return inst
+
+    def _assign(self, inst: Instance, ev: EventState) -> None:
+        with self.store.lock:
+            ev.status = Status.RUNNING
+            ev.run_time = self.clock()
+            ev.instance_pid = inst.pid
+            self.store.changed(ev)
+        ev.instance = inst
+        inst.event = ev
+        self._schedule(ev.fn.effective_timeout, "timeout", ev)
+        if inst.state == IDLE:
+            self._send_run(inst)
+
+    def _send_run(self, inst: Instance) -> None:
+        ev = inst.event
+        assert ev is not None
+        inst.state = BUSY
+        fn = ev.fn
+        context = {"function_name": fn.name, "namespace": fn.namespace, "qualifier": ev.qualifier,
+                   "function_version": fn.version, "memory_limit_in_mb": fn.memory_mb}
+        try:
+            inst.conn.send(("run", ev.request_id, ev.payload, context, fn.effective_timeout))
+        except (OSError, ValueError):
+            self._kill(inst, None)
+
+    # -- instance I/O ------------------------------------------------------------------------------------------
+    def _on_wake(self, fd: int, _: Any) -> None:
+        try:
+            while os.read(fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _on_accept(self, fd: int, _: Any) -> None:
+        try:
+            sock, _addr = self._listener.accept()
+        except BlockingIOError:
+            return
+        sock.setblocking(True)
+        sock.settimeout(5.0)
+        try:
+            msg, fds, _flags, _a = socket.recv_fds(sock, 256, 2)
+            token, pid = msg.decode().split()
+        except (OSError, ValueError):
+            sock.close()
+            return
+        sock.settimeout(None)
+        inst = self._by_token.pop(token, None)
+        if inst is None or len(fds) != 2 or inst.state == _REAPED:
+            sock.close()
+            for extra in fds:
+                os.close(extra)
+            return
+        inst.pid = int(pid)
+        inst.conn = Connection(sock.detach())
+        inst.conn_fd = inst.conn.fileno()
+        self._sel.register(inst.conn_fd, selectors.EVENT_READ, (self._on_conn, inst))
+        for pipe_fd, stream in zip(fds, ("stdout", "stderr")):
+            os.set_blocking(pipe_fd, False)
+            inst.streams[pipe_fd] = LineSplitter(stream)
+            self._sel.register(pipe_fd, selectors.EVENT_READ, (self._on_pipe, inst))
+        inst.open_fds = {inst.conn_fd, *fds}
+        self.store.later("INSERT INTO instances VALUES (?, ?, ?)", (inst.pid, inst.pid, os.getpid()))
+        if inst.state == DYING:
+            inst.signal(signal.SIGKILL)
+        elif inst.event is not None:
+            with self.store.lock:
+                inst.event.instance_pid = inst.pid
+                self.store.changed(inst.event)
+            self._send_run(inst)
+        else:
+            inst.state = IDLE
+            inst.idle_since = time.monotonic()
+
+    def _on_conn(self, fd: int, inst: Instance) -> None:
+        try:
+            msg = inst.conn.recv()
+        except (EOFError, OSError):
+            self._close_fd(inst, fd)
+            if inst.state != DYING:
+                self._kill(inst, None)
+            self._maybe_reap(inst)
+            return
+        if msg[0] == "done":
+            if inst.state == DYING:  # being terminated with grace: it stopped, so stop it for good
+                inst.signal(signal.SIGKILL)
+                return
+            inst.done = msg
+            self._try_complete(inst)
+
+    def _on_pipe(self, fd: int, inst: Instance) -> None:
+        splitter = inst.streams[fd]
+        try:
+            data = os.read(fd, 1 << 18)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._lines(inst, splitter, splitter.feed(data))
+        else:
+            self._lines(inst, splitter, splitter.close())
+            self._close_fd(inst, fd)
+            self._maybe_reap(inst)
+
+    def _lines(self, inst: Instance, splitter: LineSplitter, items: list[str | None]) -> None:
+        ended = None in items
+        lines = [x for x in items if x is not None] if ended else items
+        ev = inst.event or inst.last_event
+        if lines and ev is not None:
+            self.store.add_lines(ev.key, ev.log_seq + 1, self.clock(), splitter.stream, lines)  # type: ignore[arg-type]
+            ev.log_seq += len(lines)
+        if ended:
+            splitter.ended = True
+            self._try_complete(inst)
+
+    def _close_fd(self, inst: Instance, fd: int) -> None:
+        if fd not in inst.open_fds:
+            return
+        inst.open_fds.discard(fd)
+        try:
+            self._sel.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+        if fd == inst.conn_fd:
+            inst.conn.close()
+        else:
+            os.close(fd)
+
+    # -- event ends -------------------------------------------------------------------------------------------
+    def _try_complete(self, inst: Instance) -> None:
+        """An event ends when its "done" message and the END marker on both pipes have all arrived, so every
+        line it printed is stored before its terminal status."""
+        if inst.done is None or inst.event is None or not all(s.ended for s in inst.streams.values()):
+            return
+        _, status, payload, duration_ms, mem = inst.done
+        ev = inst.event
+        inst.done = None
+        for s in inst.streams.values():
+            s.ended = False
+        inst.event, inst.last_event = None, ev
+        if status == "FINISHED":
+            self._end(ev, Status.FINISHED, duration_ms=duration_ms, result=payload, mem_usage_bytes=mem,
+                      exit_reason="returned")
+            inst.state = IDLE
+            inst.idle_since = time.monotonic()
+            self._dispatch(inst.key)
+            self._need_dispatch = bool(self._queues)
+        else:
+            self._end(ev, Status.FAILED, duration_ms=duration_ms, mem_usage_bytes=mem,
+                      error_type=payload["type"], error_message=payload["message"],
+                      error_traceback=payload["traceback"], exit_reason="the handler raised; instance replaced")
+            self._kill(inst, None)  # SCF's instance repossession: the next event gets a fresh process
+
+    def _end(self, ev: EventState, status: Status, **fields: Any) -> None:
+        with self.store.lock:
+            if ev.status.is_terminal:
+                return
+            ev.end(status, self.clock(), **fields)
+            ev.instance = None
+            self.store.changed(ev)
+            waiter = self._waiters.pop(ev.request_id, None)
+        if waiter is not None:
+            waiter.set()
+
+    def _kill(self, inst: Instance, outcome: Outcome | None, sig: int = signal.SIGKILL,
+              grace: float = 0.0) -> None:
+        """Stop ``inst``'s process group; its event (if any) ends as ``outcome`` once its pipes are read to
+        EOF (or ``outcome`` None: as an unexpected death, with the cause)."""
+        if inst.state == _REAPED:
+            return
+        if inst.outcome is None:
+            inst.outcome = outcome
+        if inst.state != DYING:
+            inst.state = DYING
+            pool = self._pools.get(inst.key)
+            if pool is not None and inst in pool:
+                pool.remove(inst)
+        inst.signal(sig)
+        if sig != signal.SIGKILL:
+            self._schedule(grace, "grace", inst)
+        self._schedule(grace + _REAP_AFTER_KILL_S, "reap", inst)
+        self._need_dispatch = True
+
+    def _maybe_reap(self, inst: Instance, force: bool = False) -> None:
+        if inst.state == _REAPED or (not force and (inst.open_fds or not inst.exited)):
+            return
+        for fd in list(inst.open_fds):
+            if fd in inst.streams:
+                self._drain(inst, fd)
+            self._close_fd(inst, fd)
+        inst.state = _REAPED
+        self._all.discard(inst)
+        self._by_token.pop(inst.token, None)
+        pool = self._pools.get(inst.key)
+        if pool is not None and inst in pool:
+            pool.remove(inst)
+        ev, inst.event = inst.event, None
+        if ev is not None and not ev.status.is_terminal:
+            out = inst.outcome
+            if out is None or out.status is None:
+                out = Outcome(Status.FAILED, "InstanceDied", inst.exit_description(), "instance died")
+            self._end(ev, out.status, error_type=out.error_type, error_message=out.error_message,
+                      exit_reason=out.exit_reason)
+        if inst.pid:
+            self.store.later("DELETE FROM instances WHERE pgid = ?", (inst.pid,))
+        self._spawner.dispose(inst)
+        self._need_dispatch = True
+
+    def _drain(self, inst: Instance, fd: int) -> None:
+        splitter = inst.streams[fd]
+        try:
+            while data := os.read(fd, 1 << 18):
+                self._lines(inst, splitter, splitter.feed(data))
+        except OSError:
+            pass
+        self._lines(inst, splitter, splitter.close())
+
+    # -- timers -----------------------------------------------------------------------------------------------
+    def _timer_timeout(self, ev: EventState) -> None:
+        inst = ev.instance
+        if ev.status is Status.RUNNING and inst is not None and inst.event is ev and inst.state != DYING:
+            t = ev.fn.effective_timeout
+            self._kill(inst, Outcome(Status.FAILED, "TimeoutError", f"timed out after {t:g} s", "timeout"))
+
+    def _timer_grace(self, inst: Instance) -> None:
+        if inst.state != _REAPED:
+            inst.signal(signal.SIGKILL)
+
+    def _timer_reap(self, inst: Instance) -> None:
+        self._maybe_reap(inst, force=True)
+
+    def _timer_tick(self, _: Any) -> None:
+        now = time.monotonic()
+        limited = False
+        for inst in list(self._all):
+            if inst.state == IDLE and now - inst.idle_since > self.config.idle_instance_seconds:
+                self._kill(inst, None)
+            elif inst.state == STARTING and now - inst.started_at > _START_TIMEOUT_S:
+                self._kill(inst, Outcome(Status.FAILED, "InstanceStartError",
+                                         f"the instance did not start within {_START_TIMEOUT_S:g} s", "start"))
+            elif inst.state == BUSY and inst.fn.memory_mb and inst.pid:
+                limited = True
+                used = _rss(inst.pid)
+                if used > inst.fn.memory_mb * 1024 * 1024:
+                    self._kill(inst, Outcome(
+                        Status.FAILED, "MemoryLimitExceeded",
+                        f"memory limit exceeded: {used / 2**20:.0f} MB used, memory_mb={inst.fn.memory_mb}",
+                        "memory limit"))
+        self._schedule(0.1 if limited else 0.5, "tick", None)
+
+
+def _rss(pid: int) -> int:
+    """Resident memory of ``pid`` and its direct children, in bytes."""
+    total = 0
+    pids = [pid]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            pids += [int(p) for p in f.read().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * _PAGE
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+

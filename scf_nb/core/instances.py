@@ -1,0 +1,180 @@
+"""Instances: one process each, made and watched by loky, serving one function revision's events one at a
+time. This module is the engine's side of an instance; ``worker.py`` is the process's side.
+
+Why one single-worker loky executor per instance: killing one worker of a shared loky pool fails every
+future of that pool and replaces all its workers, so an instance that may be terminated must be alone in
+its executor. loky only starts the process (and reaps it); the engine talks to it over its own socket, which
+is far cheaper than a loky ``submit`` per event.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .functions import Function
+from .logchannel import LineSplitter
+from .records import EventState
+from .status import Status
+
+STARTING, IDLE, BUSY, DYING = "starting", "idle", "busy", "dying"
+
+
+@dataclass
+class Outcome:
+    """How the event of an instance that is being killed ends."""
+
+    status: Status
+    error_type: str | None = None
+    error_message: str | None = None
+    exit_reason: str = ""
+
+
+class Instance:
+    """The engine's handle on one instance process. Only the engine thread touches it."""
+
+    def __init__(self, fn: Function, number: int, token: str) -> None:
+        self.fn = fn
+        self.number = number
+        self.token = token
+        self.state = STARTING
+        self.executor: Any = None
+        self.process: Any = None
+        self.conn: Any = None
+        self.conn_fd = -1
+        self.pid: int | None = None
+        self.streams: dict[int, LineSplitter] = {}
+        self.open_fds: set[int] = set()
+        self.event: EventState | None = None
+        self.last_event: EventState | None = None
+        self.done: tuple[Any, ...] | None = None
+        self.outcome: Outcome | None = None  # set when the engine kills it (or finds it dead)
+        self.exited = False
+        self.idle_since = 0.0
+        self.started_at = 0.0
+        self.kill_at = 0.0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.fn.key
+
+    @property
+    def revision(self) -> int:
+        return self.fn.revision
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the instance's whole process group (the event's child processes too)."""
+        pid = self.pid or (self.process.pid if self.process is not None else None)
+        if pid is None:
+            return
+        for target in (lambda: os.killpg(pid, sig), lambda: os.kill(pid, sig)):
+            try:
+                target()
+                return
+            except (ProcessLookupError, PermissionError):
+                continue
+
+    def exit_description(self) -> str:
+        code = None
+        if self.process is not None:
+            self.process.join(timeout=0.5)
+            code = self.process.exitcode
+        if code is None:
+            return "the instance process died"
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            hint = {"SIGKILL": " (killed from outside, or out of memory)", "SIGSEGV": " (segmentation fault)"}
+            return f"the instance process was killed by {name}{hint.get(name, '')}"
+        return f"the instance process exited with code {code}"
+
+
+class Spawner:
+    """A long-lived thread that starts (and shuts down) loky executors.
+
+    Starting from one long-lived thread matters: PR_SET_PDEATHSIG fires when the *thread* that forked a
+    process exits, so instances must not be forked by whichever short-lived thread called ``invoke``.
+    """
+
+    def __init__(self, on_exit: Callable[[Instance], None]) -> None:
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._on_exit = on_exit
+        self._thread = threading.Thread(target=self._run, name="scf_nb-spawner", daemon=True)
+        self._thread.start()
+
+    def spawn(self, inst: Instance, address: str) -> None:
+        self._jobs.put(("spawn", inst, address))
+
+    def dispose(self, inst: Instance) -> None:
+        self._jobs.put(("dispose", inst, None))
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        import loky
+
+        from . import worker
+
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            kind, inst, address = job
+            try:
+                if kind == "spawn":
+                    self._spawn(loky, worker, inst, address)
+                elif inst.executor is not None:
+                    inst.executor.shutdown(wait=False, kill_workers=True)
+            except Exception as e:  # an instance that cannot start fails its event, not the engine
+                inst.outcome = inst.outcome or Outcome(Status.FAILED, "InstanceStartError", repr(e),
+                                                       "the instance could not start")
+                self._on_exit(inst)
+
+    def _spawn(self, loky: Any, worker: Any, inst: Instance, address: str) -> None:
+        if inst.outcome is not None:  # killed before it started
+            self._on_exit(inst)
+            return
+        executor = loky.ProcessPoolExecutor(max_workers=1, initializer=worker.init_instance,
+                                            env=dict(inst.fn.env) or None)
+        spec = {"name": inst.fn.name, "code": inst.fn.code, "handler": inst.fn.handler}
+        future = executor.submit(worker.serve, address, inst.token, spec)
+        inst.executor = executor
+        inst.process = next(iter(executor._processes.values()), None)
+        _register_exit_hook()
+        future.add_done_callback(lambda _f: self._on_exit(inst))
+
+
+_exit_hooks: list[Callable[[], None]] = []
+_hook_registered = False
+
+
+def at_exit(fn: Callable[[], None]) -> None:
+    """Run ``fn`` at interpreter exit before loky's own exit handler, which would otherwise wait forever
+    for serve loops that never return."""
+    _exit_hooks.append(fn)
+
+
+def _register_exit_hook() -> None:
+    global _hook_registered
+    if _hook_registered:
+        return
+    _hook_registered = True
+    # threading's exit callbacks run in reverse order of registration: registered after loky's (made by
+    # the first executor), ours runs first.
+    threading._register_atexit(_run_exit_hooks)  # type: ignore[attr-defined]
+
+
+def _run_exit_hooks() -> None:
+    for fn in reversed(_exit_hooks):
+        try:
+            fn()
+        except Exception:
+            pass

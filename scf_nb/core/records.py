@@ -1,0 +1,91 @@
+"""The in-memory record of one event: what the engine changes and the store's writer copies to disk."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Any
+
+from .status import Status
+
+# The order of the events table's columns; ``EventState.row`` follows it.
+EVENT_COLUMNS = (
+    "event_key", "request_id", "function_name", "namespace", "qualifier", "invoke_type", "status", "traced",
+    "start_time", "run_time", "end_time", "duration_ms", "billed_duration_ms", "mem_usage_bytes", "result",
+    "error_type", "error_message", "error_traceback", "exit_reason", "payload", "instance_pid",
+)
+MUTABLE_COLUMNS = EVENT_COLUMNS[6:7] + EVENT_COLUMNS[9:19] + EVENT_COLUMNS[20:]
+
+
+def make_request_id(key: int) -> str:
+    """A UUID-shaped RequestId whose first 48 bits are the event's integer key (random after that), so the
+    store finds an event by a cheap integer range instead of an index on strings."""
+    tail = uuid.uuid4().hex
+    return f"{key >> 16 & 0xFFFFFFFF:08x}-{key & 0xFFFF:04x}-{tail[12:16]}-{tail[16:20]}-{tail[20:32]}"
+
+
+def key_of(request_id: Any) -> int | None:
+    """The integer key in a RequestId of ours, or None for anything else."""
+    if not isinstance(request_id, str) or len(request_id) != 36 or request_id[8] != "-" or request_id[13] != "-":
+        return None
+    try:
+        return int(request_id[:8] + request_id[9:13], 16)
+    except ValueError:
+        return None
+
+
+class EventState:
+    """One event as the engine sees it. Only the engine thread changes it, under the store's lock."""
+
+    __slots__ = (
+        "key", "request_id", "function_name", "namespace", "qualifier", "invoke_type", "status", "traced",
+        "start_time", "run_time", "end_time", "duration_ms", "billed_duration_ms", "mem_usage_bytes", "result",
+        "error_type", "error_message", "error_traceback", "exit_reason", "payload", "instance_pid",
+        "fn", "log_seq", "inserted", "instance",
+    )
+
+    def __init__(self, key: int, request_id: str, fn: Any, qualifier: str, payload: str, now: float) -> None:
+        self.key = key
+        self.request_id = request_id
+        self.fn = fn
+        self.function_name = fn.name
+        self.namespace = fn.namespace
+        self.qualifier = qualifier
+        self.invoke_type = fn.invoke_type
+        self.traced = fn.trace
+        self.status = Status.QUEUED
+        self.start_time = now
+        self.payload = payload
+        self.run_time = self.end_time = self.duration_ms = None
+        self.billed_duration_ms = self.mem_usage_bytes = self.result = None
+        self.error_type = self.error_message = self.error_traceback = self.exit_reason = None
+        self.instance_pid = None
+        self.log_seq = 0
+        self.inserted = False
+        self.instance = None
+
+    def row(self) -> tuple[Any, ...]:
+        return (
+            self.key, self.request_id, self.function_name, self.namespace, self.qualifier, self.invoke_type,
+            self.status.value, self.traced, self.start_time, self.run_time, self.end_time, self.duration_ms,
+            self.billed_duration_ms, self.mem_usage_bytes, self.result, self.error_type, self.error_message,
+            self.error_traceback, self.exit_reason, self.payload, self.instance_pid,
+        )
+
+    def update_row(self) -> tuple[Any, ...]:
+        return (
+            self.key, self.status.value, self.run_time, self.end_time, self.duration_ms, self.billed_duration_ms,
+            self.mem_usage_bytes, self.result, self.error_type, self.error_message, self.error_traceback,
+            self.exit_reason, self.instance_pid,
+        )
+
+    def end(self, status: Status, now: float, duration_ms: float | None = None, **fields: Any) -> None:
+        """Make the event terminal with its end time, durations and outcome fields."""
+        self.status = status
+        self.end_time = now
+        if duration_ms is None:
+            duration_ms = (now - (self.run_time or now)) * 1000.0
+        self.duration_ms = duration_ms
+        self.billed_duration_ms = int(math.ceil(duration_ms)) if duration_ms else 0
+        for name, value in fields.items():
+            setattr(self, name, value)

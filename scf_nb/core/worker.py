@@ -1,0 +1,207 @@
+"""What runs inside an instance process (a single-worker loky executor's worker).
+
+The engine submits :func:`serve` once per instance; it never returns while the instance lives::
+
+    engine process                                   instance process (loky worker, own process group)
+    --------------                                   ----------------------------------------------
+    Unix socket  <---- connect, send_fds(r1, r2) ----  fd 1 := pipe w1, fd 2 := pipe w2
+    Connection   ----- ("run", request_id, ...) ---->  [cold: exec the function's code once]
+                                                       handler(event, context)
+    pipes r1/r2  <---- every byte the event writes --  print, logging, C code, child processes
+    pipes r1/r2  <---- END marker on each stream ----  (after flushing Python's stdio)
+    Connection   <---- ("done", status, ...) ---------
+
+The read ends of the pipes live in the engine: what an event wrote before its process was killed is still in
+the pipe and is read to EOF, so no line is lost or given to another event. This module imports nothing heavy:
+it is imported at every cold start.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import inspect
+import json
+import linecache
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+import types
+from multiprocessing.connection import Connection
+from typing import Any
+
+END_MARKER = b"\x00\x1fscf_nb:end\x1f\x00"
+_PR_SET_PDEATHSIG = 1
+_F_SETPIPE_SZ = 1031
+PIPE_BYTES = 1 << 20
+
+
+class Terminated(BaseException):
+    """Raised in the handler by SIGTERM (``terminate(grace=True)``): unwinds it, running its ``finally``."""
+
+
+class Context(dict):
+    """The handler's second argument: a dict (as in SCF's Python runtime) that also has attributes."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self["_deadline"] - time.monotonic()) * 1000))
+
+
+def init_instance() -> None:
+    """loky initializer: an own process group (a kill reaches the event's children; Ctrl-C does not reach
+    us) and death with the engine even inside a GIL-holding C call."""
+    os.setpgid(0, 0)
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def serve(address: str, token: str, spec: dict[str, Any]) -> None:
+    """The instance's serve loop: connect back, hand over the capture pipes, then run events one by one."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(address)
+    try:
+        read_ends = _capture_stdio()
+        socket.send_fds(sock, [f"{token} {os.getpid()}".encode()], read_ends)
+    except BaseException:
+        sock.close()  # the engine is waiting for our hello: let it see EOF at once
+        raise
+    for fd in read_ends:
+        os.close(fd)
+    conn = Connection(sock.detach())
+    runner = _Runner(spec, conn)
+    signal.signal(signal.SIGTERM, runner.on_sigterm)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg[0] == "run":
+            runner.run(*msg[1:])
+        elif msg[0] == "stop":
+            return
+
+
+def _capture_stdio() -> list[int]:
+    """Point fds 1 and 2 at fresh pipes (big, so a burst rarely blocks) and return their read ends."""
+    read_ends = []
+    for target, stream in ((1, "stdout"), (2, "stderr")):
+        r, w = os.pipe()
+        try:
+            fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_BYTES)
+        except OSError:
+            pass
+        py = getattr(sys, stream)
+        if py is not None:
+            py.flush()
+        os.dup2(w, target)
+        os.close(w)
+        read_ends.append(r)
+        if py is None or not hasattr(py, "reconfigure"):
+            setattr(sys, stream, open(target, "w", closefd=False))
+        # Line buffering makes prints live even where PYTHONUNBUFFERED is not set.
+        getattr(sys, stream).reconfigure(line_buffering=True)
+    return read_ends
+
+
+class _Runner:
+    def __init__(self, spec: dict[str, Any], conn: Connection) -> None:
+        self.spec = spec
+        self.conn = conn
+        self.handler: Any = None
+        self.running = False
+
+    def on_sigterm(self, signum: int, frame: Any) -> None:
+        if self.running:
+            self.running = False
+            raise Terminated()
+
+    def run(self, request_id: str, event_json: str, context: dict[str, Any], timeout: float) -> None:
+        _reset_peak_memory()
+        ctx = Context(context, request_id=request_id, _deadline=time.monotonic() + timeout,
+                      time_limit_in_ms=int(timeout * 1000))
+        started = time.perf_counter()
+        self.running = True
+        try:
+            if self.handler is None:
+                self.handler = self._load()
+            result = self.handler(json.loads(event_json), ctx)
+            if inspect.iscoroutine(result):
+                import asyncio
+
+                result = asyncio.run(result)
+            self.running = False
+            outcome: tuple[str, Any] = ("FINISHED", _dump_result(result))
+        except Terminated:
+            outcome = ("ABORTED", None)
+        except BaseException as e:  # the handler's failure, whatever it is, is the event's
+            self.running = False
+            tb = "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next))
+            outcome = ("FAILED", {"type": type(e).__name__, "message": str(e), "traceback": tb})
+        self.running = False
+        duration_ms = (time.perf_counter() - started) * 1000.0
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os.write(1, END_MARKER + b"\n")
+        os.write(2, END_MARKER + b"\n")
+        self.conn.send(("done", outcome[0], outcome[1], duration_ms, _peak_memory()))
+
+    def _load(self) -> Any:
+        """Cold start: run the function's module top level once; its state stays for warm events."""
+        name, code = self.spec["name"], self.spec["code"]
+        filename = f"<scf_function {name}>"
+        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+        module = types.ModuleType(f"scf_function_{name.replace('-', '_')}")
+        module.__file__ = filename
+        sys.modules[module.__name__] = module
+        exec(compile(code, filename, "exec"), module.__dict__)
+        handler = getattr(module, self.spec["handler"], None)
+        if not callable(handler):
+            raise TypeError(f"handler {self.spec['handler']!r} of {name} is not a function")
+        return handler
+
+
+def _dump_result(result: Any) -> str:
+    """The return value as JSON. One that is not JSON is kept, converted with repr, and said so in the log:
+    hours of work are not thrown away for the last step."""
+    try:
+        return json.dumps(result, ensure_ascii=False)
+    except (TypeError, ValueError) as e:
+        print(f"scf_nb: the return value is not JSON ({e}); it was stored with repr()", file=sys.stderr)
+        return json.dumps(result, ensure_ascii=False, default=repr, skipkeys=True)
+
+
+def _reset_peak_memory() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_memory() -> int:
+    """Peak resident memory of this process since the event started, in bytes."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
