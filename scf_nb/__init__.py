@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .core.errors import EventAborted, FunctionError, ScfError
-from .core.status import Status
+from .core.errors import EventAborted as EventAborted
+from .core.errors import FunctionError as FunctionError
+from .core.errors import ScfError as ScfError
+from .core.status import Status as Status
 
 __version__ = "0.1.0"
 

@@ -14,7 +14,7 @@ from . import status as st
 from .engine import Engine
 from .errors import EventAborted, FunctionError, ScfError, invalid, not_found_event
 from .events import Event
-from .functions import LATEST, Function, check_name, make_function
+from .functions import LATEST, Function, make_function
 from .records import EventState, key_of
 from .status import ALL, Status
 

@@ -36,12 +36,12 @@ import threading
 import time
 from collections import deque
 from multiprocessing.connection import Connection
-from typing import Any, Callable
+from typing import Any
 
 from .admission import Admission, encode_event
 from .config import Config
 from .errors import ScfError
-from .functions import LATEST, Function, Registry
+from .functions import Function, Registry
 from .instances import BUSY, DYING, IDLE, STARTING, Instance, Outcome, Spawner, at_exit
 from .logchannel import LineSplitter
 from .records import EventState, make_request_id
@@ -104,7 +104,7 @@ class Engine:
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._listener, selectors.EVENT_READ, (self._on_accept, None))
         self._sel.register(self._wake_r, selectors.EVENT_READ, (self._on_wake, None))
-        self.store.start(config.flush_interval)
+        self.store.start(config.flush_interval, self._retention_cutoff)
         self._spawner = Spawner(lambda inst: self._post(("exited", inst)))
         self._thread = threading.Thread(target=self._run, name="scf_nb-engine", daemon=True)
         self._thread.start()
@@ -174,7 +174,10 @@ class Engine:
 
     def purge(self) -> int:
         """Apply the retention window now: delete ended events (and logs) older than ``retention_hours``."""
-        return self.store.purge(self.clock() - self.config.retention_hours * 3600.0)
+        return self.store.purge(self._retention_cutoff())
+
+    def _retention_cutoff(self) -> float:
+        return self.clock() - self.config.retention_hours * 3600.0
 
     def close(self) -> None:
         """Stop: queued and running events become FAILED (engine stopped), instances die, the store is

@@ -8,9 +8,11 @@ A read first flushes (``sync``), so it sees every write made before it.
 
 from __future__ import annotations
 
-import os
+import json
+import logging
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -36,6 +38,8 @@ CREATE TABLE IF NOT EXISTS functions (
     memory_mb BIGINT, description VARCHAR, created_at DOUBLE, updated_at DOUBLE);
 CREATE TABLE IF NOT EXISTS instances (pgid BIGINT, pid BIGINT, engine_pid BIGINT);
 """
+PURGE_EVERY_S = 60.0
+log = logging.getLogger("scf_nb")
 _TIMES = ("start_time", "run_time", "end_time")
 _INSERT_EVENTS = "INSERT INTO events SELECT " + ", ".join(
     f"to_timestamp({c})" if c in _TIMES else c for c in EVENT_COLUMNS) + " FROM batch"
@@ -129,16 +133,24 @@ class Store:
             self._sql_ops.append((sql, params))
 
     # -- the writer ---------------------------------------------------------------------------------------
-    def start(self, interval: float) -> None:
-        self._writer = threading.Thread(target=self._write_loop, args=(interval,), name="scf_nb-store", daemon=True)
+    def start(self, interval: float, retention_cutoff: Callable[[], float]) -> None:
+        """Start the writer: a batch every ``interval`` s; every ``PURGE_EVERY_S`` (and at once) it deletes
+        ended events that started before ``retention_cutoff()``."""
+        self._writer = threading.Thread(target=self._write_loop, args=(interval, retention_cutoff),
+                                        name="scf_nb-store", daemon=True)
         self._writer.start()
 
-    def _write_loop(self, interval: float) -> None:
+    def _write_loop(self, interval: float, retention_cutoff: Callable[[], float]) -> None:
+        next_purge = 0.0
         while not self._stop.wait(interval):
             try:
                 self.sync()
+                if time.monotonic() >= next_purge:
+                    next_purge = time.monotonic() + PURGE_EVERY_S
+                    self.purge(retention_cutoff())
             except Exception:  # keep writing: the buffers stay and the next batch tries again
                 self.write_errors += 1
+                log.exception("scf_nb store writer error")
 
     def sync(self) -> None:
         """Write everything buffered so far; afterwards any read sees it."""
@@ -229,8 +241,6 @@ class Store:
             self.later("DELETE FROM functions WHERE namespace = ? AND name = ? AND version = ?",
                        (fn.namespace, fn.name, fn.version))
             d = fn.as_dict()
-            import json
-
             d["env"] = json.dumps(d["env"])
             self.later(f"INSERT INTO functions ({', '.join(_FUNCTION_COLUMNS)}) VALUES "
                        f"({', '.join('?' * len(_FUNCTION_COLUMNS))})", tuple(d[c] for c in _FUNCTION_COLUMNS))
@@ -241,8 +251,6 @@ class Store:
         self.sync()
 
     def load_functions(self) -> list[Function]:
-        import json
-
         out = []
         for row in self.cursor().execute(f"SELECT {', '.join(_FUNCTION_COLUMNS)} FROM functions").fetchall():
             d = dict(zip(_FUNCTION_COLUMNS, row))
@@ -294,12 +302,3 @@ class Store:
             counts[table] = int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
         return counts
 
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

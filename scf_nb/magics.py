@@ -1,0 +1,181 @@
+"""IPython magics: a thin adapter. Each parses its line with ``magic_arguments`` and makes one call on the
+client API. ``%load_ext scf_nb`` registers them; ``%magic_name?`` shows the help below."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from . import api
+from .core.errors import ScfError
+from .core.events import Event
+
+
+def _unquote(text: str) -> str:
+    """``magic_arguments`` keeps the quotes of a quoted argument (``--event '{"x": 1}'``)."""
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
+def _parse(magic: Callable[..., Any], line: str) -> Any:
+    try:
+        return parse_argstring(magic, line)
+    except UsageError:
+        raise
+    except (SystemExit, ValueError) as e:  # argparse exits on bad input; shlex raises on open quotes
+        raise UsageError(f"{magic.__name__}: {e}") from None
+
+
+def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """One API call; its ScfError becomes a one-line UsageError, not a traceback."""
+    try:
+        return fn(*args, **kwargs)
+    except ScfError as e:
+        raise UsageError(str(e)) from None
+
+
+@magics_class
+class ScfMagics(Magics):
+    @magic_arguments()
+    @argument("name", help="function name")
+    @argument("--async", dest="async_run", action="store_true", help="async execution (locked at creation)")
+    @argument("--timeout", type=float, help="seconds before the event is FAILED (async default 24 h, sync 15 min)")
+    @argument("--concurrency", type=int, help="most instances at once (default: CPU count)")
+    @argument("--qps", type=float, help="invocations per second accepted for this function")
+    @argument("--handler", default="main_handler", help="the function called with (event, context)")
+    @argument("--namespace", default="default")
+    @argument("--no-trace", dest="trace", action="store_false", help="do not record event statuses")
+    @argument("--env", nargs="*", default=[], metavar="K=V", help="environment variables of its instances")
+    @argument("--memory", type=int, help="memory limit in MB; an instance over it is killed (FAILED)")
+    @argument("--description", default="")
+    @cell_magic
+    def scf_function(self, line: str, cell: str) -> None:
+        """Register the cell's code as an SCF-style function (updates its $LATEST if it exists).
+
+        Example::
+
+            %%scf_function transcode --async --timeout 7200 --concurrency 2
+            def main_handler(event, context):
+                return {"out": event["src"] + ".mp4"}
+        """
+        args = _parse(self.scf_function, line)
+        env = {}
+        for item in args.env:
+            key, sep, value = _unquote(item).partition("=")
+            if not sep or not key:
+                raise UsageError(f"scf_function: --env takes KEY=VALUE pairs, got {item!r}")
+            env[key] = value
+        fn = _call(api.create_function, _unquote(args.name), cell, async_run=args.async_run, trace=args.trace,
+                   timeout=args.timeout, concurrency=args.concurrency, qps_limit=args.qps, handler=args.handler,
+                   namespace=args.namespace, env=env, memory_mb=args.memory, description=args.description)
+        mode = "async" if fn.async_run else "sync"
+        print(f"scf_nb: {fn.namespace}/{fn.name} ($LATEST, {mode}, timeout {fn.effective_timeout:g} s) is ready")
+
+    @magic_arguments()
+    @argument("name", help="function name")
+    @argument("--event", help="the event as JSON, e.g. --event '{\"src\": \"a.mov\"}'")
+    @argument("--event-var", help="name of a variable holding the event")
+    @argument("--qualifier", default="$LATEST", help="version to run: $LATEST, 1, 2, ...")
+    @argument("--namespace", default="default")
+    @line_magic
+    def scf_invoke(self, line: str) -> Event:
+        """Invoke a function; returns the Event at once (async) or when it ended (sync): ``ev = %scf_invoke f``."""
+        args = _parse(self.scf_invoke, line)
+        if args.event is not None and args.event_var is not None:
+            raise UsageError("scf_invoke: give --event or --event-var, not both")
+        event: Any = None
+        if args.event is not None:
+            try:
+                event = json.loads(_unquote(args.event))
+            except json.JSONDecodeError as e:
+                raise UsageError(f"scf_invoke: --event is not valid JSON: {e}") from None
+        elif args.event_var is not None:
+            if args.event_var not in self.shell.user_ns:
+                raise UsageError(f"scf_invoke: no variable named {args.event_var!r}")
+            event = self.shell.user_ns[args.event_var]
+        return _call(api.invoke, _unquote(args.name), event, qualifier=_unquote(args.qualifier),
+                     namespace=args.namespace)
+
+    @magic_arguments()
+    @argument("--function", help="only this function")
+    @argument("--namespace")
+    @argument("--status", nargs="+", help="QUEUED RUNNING FINISHED FAILED ABORTED")
+    @argument("--limit", type=int, default=20)
+    @argument("--offset", type=int, default=0)
+    @argument("--order", default="DESC", help="ASC or DESC")
+    @line_magic
+    def scf_events(self, line: str) -> Any:
+        """List events (newest first) as a DataFrame."""
+        args = _parse(self.scf_events, line)
+        return _call(api.list_events, args.function, namespace=args.namespace, status=args.status,
+                     limit=args.limit, offset=args.offset, order=args.order)
+
+    @magic_arguments()
+    @argument("request_id", help="a RequestId, or the name of a variable holding an Event")
+    @argument("--follow", action="store_true", help="keep printing new lines until the event ends")
+    @argument("--stream", help="stdout or stderr only")
+    @line_magic
+    def scf_logs(self, line: str) -> None:
+        """Print an event's log lines; with --follow, keep printing until it ends (interrupt to stop)."""
+        args = _parse(self.scf_logs, line)
+        request_id = self._request_id(args.request_id)
+        seq = 0
+        while True:
+            frame = _call(api.logs, request_id, since_seq=seq, stream=args.stream)
+            for row in frame.itertuples(index=False):
+                print(f"{row.ts:%H:%M:%S.%f}"[:-3] + f" {row.stream[3]} {row.line}")
+            if len(frame):
+                seq = int(frame["seq"].iloc[-1])
+            if not args.follow:
+                return
+            status = _call(api.client().wait_event, request_id, 0.2)
+            if status not in ("QUEUED", "RUNNING") and not len(frame):
+                print(f"-- {status}")
+                return
+
+    @magic_arguments()
+    @argument("request_id", help="a RequestId, or the name of a variable holding an Event")
+    @argument("--grace", action="store_true", help="SIGTERM first; SIGKILL after the grace period")
+    @line_magic
+    def scf_terminate(self, line: str) -> None:
+        """Terminate a queued or running event (it becomes ABORTED; no other event is touched)."""
+        args = _parse(self.scf_terminate, line)
+        request_id = self._request_id(args.request_id)
+        print(f"{request_id}: {_call(api.terminate, request_id, grace=args.grace)}")
+
+    @magic_arguments()
+    @argument("name")
+    @argument("--namespace", default="default")
+    @argument("--description", default="")
+    @line_magic
+    def scf_publish(self, line: str) -> str:
+        """Publish $LATEST as a new immutable version; returns its number."""
+        args = _parse(self.scf_publish, line)
+        return _call(api.publish_version, _unquote(args.name), namespace=args.namespace,
+                     description=args.description)
+
+    @magic_arguments()
+    @argument("--function")
+    @argument("--namespace")
+    @line_magic
+    def scf_overview(self, line: str) -> Any:
+        """Counts and durations per status as a DataFrame."""
+        args = _parse(self.scf_overview, line)
+        return _call(api.overview, args.function, namespace=args.namespace)
+
+    def _request_id(self, text: str) -> str:
+        text = _unquote(text)
+        value = self.shell.user_ns.get(text) if text.isidentifier() else None
+        return value.request_id if isinstance(value, Event) else text
+
+
+def load(ipython: Any) -> None:
+    ipython.register_magics(ScfMagics)
+
+
+__all__ = ["ScfMagics", "load"]
