@@ -501,6 +501,8 @@ class Engine:
             self._dispatch(inst.key)
             self._need_dispatch = bool(self._queues)
         else:
+            if payload is None:  # SIGTERM that the engine did not send (someone ran `kill`)
+                payload = {"type": "Terminated", "message": "the instance received SIGTERM", "traceback": ""}
             self._end(ev, Status.FAILED, duration_ms=duration_ms, mem_usage_bytes=mem,
                       error_type=payload["type"], error_message=payload["message"],
                       error_traceback=payload["traceback"], exit_reason="the handler raised; instance replaced")
