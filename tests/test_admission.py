@@ -1,0 +1,70 @@
+"""Admission: rate limits and event payload checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from scf_nb.core.admission import Admission, encode_event
+from scf_nb.core.errors import ScfError
+from scf_nb.core.functions import make_function
+from scf_nb.core.records import key_of, make_request_id
+from scf_nb.core.status import Status, can_move, parse
+
+
+def _fn(qps: float | None) -> object:
+    return make_function("f", "def main_handler(e, c): pass", async_run=True, trace=True, timeout=None,
+                         concurrency=None, qps_limit=qps, handler="main_handler", namespace="default",
+                         env=None, memory_mb=None, description="")
+
+
+def test_global_limit_rejects_beyond_a_second_of_burst_then_refills() -> None:
+    adm = Admission(max_qps=10)
+    for _ in range(10):
+        adm.admit(_fn(None), now=100.0)
+    with pytest.raises(ScfError) as e:
+        adm.admit(_fn(None), now=100.0)
+    assert e.value.code == "LimitExceeded.Qps" and "max_qps" in e.value.message
+    adm.admit(_fn(None), now=100.2)  # 0.2 s refills two tokens at 10/s
+
+
+def test_function_limit_applies_and_a_rejection_takes_no_global_token() -> None:
+    adm = Admission(max_qps=3)
+    limited = _fn(1)
+    adm.admit(limited, now=5.0)
+    with pytest.raises(ScfError) as e:
+        adm.admit(limited, now=5.0)
+    assert "qps_limit of f" in e.value.message
+    adm.admit(_fn(None), now=5.0)
+    adm.admit(_fn(None), now=5.0)  # 3 global tokens: one used above, the rejection took none
+
+
+def test_event_payload_limits() -> None:
+    assert encode_event(None, True) == "{}"
+    assert encode_event({"a": "ü"}, True) == '{"a": "ü"}'
+    for bad in ({1, 2}, float("nan"), object()):
+        with pytest.raises(ScfError) as e:
+            encode_event(bad, True)
+        assert e.value.code == "InvalidParameterValue.ClientContext"
+    big = "x" * (128 * 1024)
+    with pytest.raises(ScfError) as e:
+        encode_event(big, True)
+    assert "at most 131072 bytes" in e.value.message
+    assert encode_event(big, False)  # sync allows 6 MB
+    with pytest.raises(ScfError):
+        encode_event("é" * (3 * 1024 * 1024), False)  # 6 MB of UTF-8 bytes, counted as bytes
+
+
+def test_request_ids_carry_their_key() -> None:
+    ids = {make_request_id(k) for k in (1, 2, 2**40 + 7)}
+    assert len(ids) == 3
+    assert sorted(key_of(i) for i in ids) == [1, 2, 2**40 + 7]
+    assert key_of("not-an-id") is None and key_of(42) is None
+    assert key_of("zzzzzzzz-zzzz-4000-8000-000000000000") is None
+
+
+def test_statuses_only_move_forward() -> None:
+    assert can_move(Status.QUEUED, Status.RUNNING) and can_move(Status.RUNNING, Status.ABORTED)
+    assert not can_move(Status.FINISHED, Status.FAILED) and not can_move(Status.RUNNING, Status.QUEUED)
+    assert parse("finished") is Status.FINISHED
+    with pytest.raises(ValueError, match="use one of"):
+        parse("DONE")
