@@ -29,6 +29,8 @@ class Config:
         idle_instance_seconds: an idle instance is stopped after this long.
         flush_interval: seconds between the store writer's batches.
         store_memory_mb: DuckDB's memory limit.
+        warm_spare: keep one started instance process that no function owns yet, so a new instance
+            (the first event, or the one after an instance was replaced) needs no process start.
         clock: the wall clock (seconds since the epoch); injectable for retention tests.
     """
 
@@ -40,6 +42,7 @@ class Config:
     idle_instance_seconds: float = 600.0
     flush_interval: float = 0.03
     store_memory_mb: int = 256
+    warm_spare: bool = True
     clock: Callable[[], float] = time.time
 
     @property
@@ -79,6 +82,9 @@ def from_environment(environ: dict[str, str] | None = None) -> Config:
             continue
         if f.name == "home":
             changes["home"] = raw
+            continue
+        if f.name == "warm_spare":
+            changes[f.name] = raw.strip().lower() not in ("0", "false", "no", "off", "")
             continue
         try:
             changes[f.name] = int(raw) if f.name in ("max_workers", "store_memory_mb") else float(raw)

@@ -68,14 +68,6 @@ class Engine:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.clock = config.clock
-        self.store = Store(config.db_path, config.store_memory_mb, self._committed)
-        try:
-            self.recovered = self._recover()
-            self.registry = Registry(self.store.load_functions())
-            self._keys = itertools.count(self.store.max_event_key() + 1)
-        except BaseException:
-            self.store.close()
-            raise
         self._live: dict[str, EventState] = {}
         self._waiters: dict[str, threading.Event] = {}
         self._queues: dict[tuple[str, str], deque[EventState]] = {}
@@ -104,8 +96,23 @@ class Engine:
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._listener, selectors.EVENT_READ, (self._on_accept, None))
         self._sel.register(self._wake_r, selectors.EVENT_READ, (self._on_wake, None))
-        self.store.start(config.flush_interval, self._retention_cutoff)
         self._spawner = Spawner(lambda inst: self._post(("exited", inst)))
+        self._spare: Instance | None = None
+        self._ensure_spare()  # its process starts while the store opens
+        try:
+            self.store = Store(config.db_path, config.store_memory_mb, self._committed)
+        except BaseException:
+            self._abandon()
+            raise
+        try:
+            self.recovered = self._recover()
+            self.registry = Registry(self.store.load_functions())
+            self._keys = itertools.count(self.store.max_event_key() + 1)
+        except BaseException:
+            self.store.close()
+            self._abandon()
+            raise
+        self.store.start(config.flush_interval, self._retention_cutoff)
         self._thread = threading.Thread(target=self._run, name="scf_nb-engine", daemon=True)
         self._thread.start()
         self._schedule(1.0, "tick", None)
@@ -168,7 +175,8 @@ class Engine:
 
     def instances(self) -> list[dict[str, Any]]:
         """A snapshot of the instances: function, revision, state, pid, the event it serves."""
-        return [{"function_name": i.fn.name, "namespace": i.fn.namespace, "revision": i.revision,
+        return [{"function_name": i.fn.name if i.fn else None, "namespace": i.fn.namespace if i.fn else None,
+                 "revision": i.revision,
                  "state": i.state, "pid": i.pid, "request_id": i.event.request_id if i.event else None}
                 for i in list(self._all)]
 
@@ -189,6 +197,21 @@ class Engine:
         self._thread.join(timeout=15)
         self._spawner.stop()
         self.store.close()
+        self._sel.close()
+        self._listener.close()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+        shutil.rmtree(self._sockdir, ignore_errors=True)
+
+    def _abandon(self) -> None:
+        """Undo a half-made engine (the store could not be opened)."""
+        self._closed = True
+        if self._spare is not None:
+            self._spare.outcome = Outcome(None)
+            self._spare.signal(signal.SIGKILL)
+        self._spawner.stop()
+        if self._spare is not None and self._spare.executor is not None:
+            self._spare.executor.shutdown(wait=False, kill_workers=True)
         self._sel.close()
         self._listener.close()
         for fd in (self._wake_r, self._wake_w):
@@ -345,13 +368,29 @@ class Engine:
         return self._start(fn)
 
     def _start(self, fn: Function) -> Instance:
+        """An instance for ``fn``: the warm spare if there is one (no process start), else a new process."""
+        inst, self._spare = self._spare, None
+        if inst is None:
+            inst = self._spawn(fn)
+        else:
+            inst.fn = fn
+            if inst.conn is not None:
+                inst.load()
+        self._pools.setdefault(fn.key, []).append(inst)
+        self._ensure_spare()
+        return inst
+
+    def _spawn(self, fn: Function | None) -> Instance:
         inst = Instance(fn, next(self._numbers), os.urandom(16).hex())
         inst.started_at = time.monotonic()
-        self._pools.setdefault(fn.key, []).append(inst)
         self._all.add(inst)
         self._by_token[inst.token] = inst
         self._spawner.spawn(inst, self._address)
         return inst
+
+    def _ensure_spare(self) -> None:
+        if self.config.warm_spare and self._spare is None and not self._closing and not self._closed:
+            self._spare = self._spawn(None)
 
     def _assign(self, inst: Instance, ev: EventState) -> None:
         with self.store.lock:
@@ -417,7 +456,10 @@ class Engine:
         self.store.later("INSERT INTO instances VALUES (?, ?, ?)", (inst.pid, inst.pid, os.getpid()))
         if inst.state == DYING:
             inst.signal(signal.SIGKILL)
-        elif inst.event is not None:
+            return
+        if inst.fn is not None:
+            inst.load()
+        if inst.event is not None:
             with self.store.lock:
                 inst.event.instance_pid = inst.pid
                 self.store.changed(inst.event)
@@ -529,14 +571,20 @@ class Engine:
             inst.outcome = outcome
         if inst.state != DYING:
             inst.state = DYING
-            pool = self._pools.get(inst.key)
-            if pool is not None and inst in pool:
-                pool.remove(inst)
+            self._forget(inst)
         inst.signal(sig)
         if sig != signal.SIGKILL:
             self._schedule(grace, "grace", inst)
         self._schedule(grace + _REAP_AFTER_KILL_S, "reap", inst)
         self._need_dispatch = True
+
+    def _forget(self, inst: Instance) -> None:
+        """``inst`` serves no new event: out of its function's pool (or no longer the spare)."""
+        if inst is self._spare:
+            self._spare = None
+        pool = self._pools.get(inst.key) if inst.key is not None else None
+        if pool is not None and inst in pool:
+            pool.remove(inst)
 
     def _maybe_reap(self, inst: Instance, force: bool = False) -> None:
         if inst.state == _REAPED or (not force and (inst.open_fds or not inst.exited)):
@@ -548,9 +596,7 @@ class Engine:
         inst.state = _REAPED
         self._all.discard(inst)
         self._by_token.pop(inst.token, None)
-        pool = self._pools.get(inst.key)
-        if pool is not None and inst in pool:
-            pool.remove(inst)
+        self._forget(inst)
         ev, inst.event = inst.event, None
         if ev is not None and not ev.status.is_terminal:
             out = inst.outcome
@@ -590,7 +636,10 @@ class Engine:
         now = time.monotonic()
         limited = False
         for inst in list(self._all):
-            if inst.state == IDLE and now - inst.idle_since > self.config.idle_instance_seconds:
+            if inst.fn is None:  # the spare
+                if inst.state == STARTING and now - inst.started_at > _START_TIMEOUT_S:
+                    self._kill(inst, None)
+            elif inst.state == IDLE and now - inst.idle_since > self.config.idle_instance_seconds:
                 self._kill(inst, None)
             elif inst.state == STARTING and now - inst.started_at > _START_TIMEOUT_S:
                 self._kill(inst, Outcome(Status.FAILED, "InstanceStartError",

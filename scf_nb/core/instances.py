@@ -28,7 +28,7 @@ STARTING, IDLE, BUSY, DYING = "starting", "idle", "busy", "dying"
 class Outcome:
     """How the event of an instance that is being killed ends."""
 
-    status: Status
+    status: Status | None
     error_type: str | None = None
     error_message: str | None = None
     exit_reason: str = ""
@@ -37,7 +37,7 @@ class Outcome:
 class Instance:
     """The engine's handle on one instance process. Only the engine thread touches it."""
 
-    def __init__(self, fn: Function, number: int, token: str) -> None:
+    def __init__(self, fn: Function | None, number: int, token: str) -> None:
         self.fn = fn
         self.number = number
         self.token = token
@@ -59,12 +59,18 @@ class Instance:
         self.kill_at = 0.0
 
     @property
-    def key(self) -> tuple[str, str]:
-        return self.fn.key
+    def key(self) -> tuple[str, str] | None:
+        return self.fn.key if self.fn is not None else None
 
     @property
     def revision(self) -> int:
-        return self.fn.revision
+        return self.fn.revision if self.fn is not None else -1
+
+    def load(self) -> None:
+        """Send the function's code and environment (a spare learns here which function it serves)."""
+        fn = self.fn
+        assert fn is not None and self.conn is not None
+        self.conn.send(("load", {"name": fn.name, "code": fn.code, "handler": fn.handler, "env": dict(fn.env)}))
 
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the instance's whole process group (the event's child processes too)."""
@@ -142,10 +148,8 @@ class Spawner:
         if inst.outcome is not None:  # killed before it started
             self._on_exit(inst)
             return
-        executor = loky.ProcessPoolExecutor(max_workers=1, initializer=worker.init_instance,
-                                            env=dict(inst.fn.env) or None)
-        spec = {"name": inst.fn.name, "code": inst.fn.code, "handler": inst.fn.handler}
-        future = executor.submit(worker.serve, address, inst.token, spec)
+        executor = loky.ProcessPoolExecutor(max_workers=1, initializer=worker.init_instance)
+        future = executor.submit(worker.serve, address, inst.token)
         inst.executor = executor
         inst.process = next(iter(executor._processes.values()), None)
         _register_exit_hook()

@@ -1,8 +1,9 @@
 """The engine's side of an instance's stdout/stderr pipes: bytes in, lines out, end-of-event markers found.
 
 A line ends at ``\\n``; a lone ``\\r`` (a progress bar redrawing) also ends one, so progress is live, but a
-``\\r`` on an empty line makes no line. A line longer than ``MAX_LINE`` is stored in ``MAX_LINE`` pieces.
-Bytes that are not UTF-8 are kept as backslash escapes. Nothing is dropped.
+``\\r`` on an empty line makes no line. A line longer than ``MAX_LINE`` bytes is stored in pieces of at most
+``MAX_LINE`` bytes, cut between characters. Bytes that are not UTF-8 are kept as backslash escapes. Nothing
+is dropped.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from .worker import END_MARKER
 
 MAX_LINE = 1 << 20
-_KEEP = len(END_MARKER) + 1
+_KEEP = len(END_MARKER) + 1  # a marker may straddle two reads: never cut into the last bytes of a tail
 
 
 class LineSplitter:
@@ -26,31 +27,62 @@ class LineSplitter:
     def feed(self, data: bytes) -> list[str | None]:
         if self.pending:
             data = self.pending + data
+        held = b""
         if b"\r" in data:
+            if data.endswith(b"\r"):  # may be the first half of a CRLF: decide with the next read
+                data, held = data[:-1], b"\r"
             parts = _split_cr(data)
         else:
             parts = data.split(b"\n")
         tail = parts.pop()
-        if len(tail) > MAX_LINE:  # a huge line: store what we have, keep a tail that may hold a marker
-            parts.append(tail[:-_KEEP])
-            tail = tail[-_KEEP:]
-        self.pending = tail
+        if len(tail) > MAX_LINE + _KEEP:  # a huge line: store what we have, keep going
+            cut = _char_boundary(tail, len(tail) - _KEEP)
+            parts.append(tail[:cut])
+            tail = tail[cut:]
+        self.pending = tail + held
         if b"\x00" not in data:
-            return [p.decode("utf-8", "backslashreplace") for p in parts]
+            if len(data) <= MAX_LINE:
+                return [p.decode("utf-8", "backslashreplace") for p in parts]
+            return [_decode(piece) for p in parts for piece in _pieces(p)]
         out: list[str | None] = []
         for p in parts:
-            if p.endswith(END_MARKER):
-                if len(p) > len(END_MARKER):
-                    out.append(p[: -len(END_MARKER)].decode("utf-8", "backslashreplace"))
+            marker = p.endswith(END_MARKER)
+            if marker:
+                p = p[: -len(END_MARKER)]
+            if p or not marker:
+                out.extend(_decode(piece) for piece in _pieces(p))
+            if marker:
                 out.append(None)
-            else:
-                out.append(p.decode("utf-8", "backslashreplace"))
         return out
 
     def close(self) -> list[str | None]:
         """At EOF: what is left without a newline is a line too."""
         rest, self.pending = self.pending, b""
         return self.feed(rest + b"\n") if rest else []
+
+
+def _decode(b: bytes) -> str:
+    return b.decode("utf-8", "backslashreplace")
+
+
+def _pieces(line: bytes) -> list[bytes]:
+    if len(line) <= MAX_LINE:
+        return [line]
+    out = []
+    while len(line) > MAX_LINE:
+        cut = _char_boundary(line, MAX_LINE)
+        out.append(line[:cut])
+        line = line[cut:]
+    out.append(line)
+    return out
+
+
+def _char_boundary(b: bytes, i: int) -> int:
+    """``i`` moved back (at most 3 bytes) so that it does not fall inside a UTF-8 character."""
+    j = i
+    while j > i - 3 and j > 0 and (b[j] & 0xC0) == 0x80:
+        j -= 1
+    return j if j > 0 else i
 
 
 def _split_cr(data: bytes) -> list[bytes]:

@@ -5,6 +5,8 @@ The engine submits :func:`serve` once per instance; it never returns while the i
     engine process                                   instance process (loky worker, own process group)
     --------------                                   ----------------------------------------------
     Unix socket  <---- connect, send_fds(r1, r2) ----  fd 1 := pipe w1, fd 2 := pipe w2
+                                                       (a spare waits here, warm, for any function)
+    Connection   ----- ("load", code, env, ...) ---->  set the function's environment
     Connection   ----- ("run", request_id, ...) ---->  [cold: exec the function's code once]
                                                        handler(event, context)
     pipes r1/r2  <---- every byte the event writes --  print, logging, C code, child processes
@@ -66,7 +68,7 @@ def init_instance() -> None:
         pass
 
 
-def serve(address: str, token: str, spec: dict[str, Any]) -> None:
+def serve(address: str, token: str) -> None:
     """The instance's serve loop: connect back, hand over the capture pipes, then run events one by one."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(address)
@@ -79,7 +81,7 @@ def serve(address: str, token: str, spec: dict[str, Any]) -> None:
     for fd in read_ends:
         os.close(fd)
     conn = Connection(sock.detach())
-    runner = _Runner(spec, conn)
+    runner = _Runner(conn)
     signal.signal(signal.SIGTERM, runner.on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
@@ -89,6 +91,9 @@ def serve(address: str, token: str, spec: dict[str, Any]) -> None:
             return
         if msg[0] == "run":
             runner.run(*msg[1:])
+        elif msg[0] == "load":
+            runner.spec = msg[1]
+            os.environ.update(runner.spec["env"])
         elif msg[0] == "stop":
             return
 
@@ -116,8 +121,8 @@ def _capture_stdio() -> list[int]:
 
 
 class _Runner:
-    def __init__(self, spec: dict[str, Any], conn: Connection) -> None:
-        self.spec = spec
+    def __init__(self, conn: Connection) -> None:
+        self.spec: dict[str, Any] = {}
         self.conn = conn
         self.handler: Any = None
         self.running = False
