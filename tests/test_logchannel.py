@@ -61,9 +61,13 @@ def test_the_stream_name_is_kept() -> None:
 
 # -- carriage returns ----------------------------------------------------------------------------------------
 def test_progress_redraws_with_cr_are_live_lines() -> None:
+    """Each redraw is a line as soon as the next byte arrives: no newline needed (a final \r may be held
+    back until then, as it could be the first half of a CRLF)."""
     s = LineSplitter("stdout")
-    assert s.feed(b"10%\r20%\r") == ["10%", "20%"]  # live: no newline needed
-    assert s.feed(b"30%\n") == ["30%"]
+    out = s.feed(b"10%\r20%\r")
+    out += s.feed(b"3")
+    assert out == ["10%", "20%"]
+    assert s.feed(b"0%\n") == ["30%"]
 
 
 def test_a_cr_on_an_empty_line_makes_no_line() -> None:
@@ -74,9 +78,6 @@ def test_crlf_ends_one_line() -> None:
     assert feed_all([b"a\r\nb\r\n\r\nc\r\n"]) == ["a", "b", "", "c"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a CRLF split between two reads makes a spurious empty line "
-                                       "(logchannel.py _split_cr: the lone \\r ends the line, then the \\n "
-                                       "of the next read ends an empty one)")
 def test_crlf_split_across_reads_ends_one_line() -> None:
     assert feed_all([b"a\r", b"\nb\r\n"]) == ["a", "b"]
 
@@ -142,9 +143,6 @@ def test_end_marker_after_a_long_line_found_wherever_the_read_ends(offset: int) 
     assert "".join(out[:-1]) == body.decode()  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: pieces of a long line can exceed MAX_LINE (a piece is cut only "
-                                       "once the pending tail passed MAX_LINE, at the size of that tail, and a "
-                                       "complete line is never cut): logchannel.py LineSplitter.feed")
 def test_long_line_pieces_are_at_most_max_line() -> None:
     out = feed_all(in_reads(b"y" * (5 * MAX_LINE) + END_MARKER + b"\n"))
     assert max(len(p) for p in out if p is not None) <= MAX_LINE
@@ -152,14 +150,28 @@ def test_long_line_pieces_are_at_most_max_line() -> None:
     assert max(len(p) for p in out if p is not None) <= MAX_LINE
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a long line is cut at any byte, so a multi-byte UTF-8 character on "
-                                       "a piece border becomes backslash escapes in both pieces: "
-                                       "logchannel.py LineSplitter.feed (parts.append(tail[:-_KEEP]))")
 def test_long_non_ascii_line_pieces_join_to_the_original_text() -> None:
     text = "中" * (MAX_LINE // 2)  # 1.5 MB of 3-byte characters
     out = feed_all(in_reads(text.encode()), close=True)
     assert len(out) > 1
     assert "".join(out) == text  # type: ignore[arg-type]
+
+
+def test_a_long_non_ascii_line_and_marker_in_one_read() -> None:
+    text = "中" * (MAX_LINE // 2)
+    out = feed_all([text.encode() + END_MARKER + b"\nnext\n"])
+    assert out[-2:] == [None, "next"] and out.count(None) == 1
+    pieces = out[:-2]
+    assert len(pieces) > 1
+    assert max(len(p.encode()) for p in pieces) <= MAX_LINE  # type: ignore[union-attr]
+    assert "".join(pieces) == text  # type: ignore[arg-type]
+
+
+def test_a_long_run_of_invalid_bytes_is_kept_whole() -> None:
+    n = MAX_LINE + 100
+    out = feed_all(in_reads(b"\xff" * n + b"\n" + END_MARKER + b"\n"))
+    assert out[-1] is None and out.count(None) == 1
+    assert "".join(out[:-1]) == "\\xff" * n  # type: ignore[arg-type]
 
 
 # -- bytes that are not UTF-8 --------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ below them; an HTTP client with the same methods can stand in for this in-proces
 from __future__ import annotations
 
 import json
+import operator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
@@ -146,11 +147,17 @@ class Client:
                 where.append(f"{column} = ?")
                 params.append(str(value))
         if status is not None:
-            values = [st.parse(s).value for s in _as_list(status, "status")]
+            try:
+                values = [st.parse(s).value for s in _as_list(status, "status")]
+            except ValueError as e:
+                raise invalid("Status", str(e)) from None
             where.append(f"status IN ({', '.join('?' * len(values))})")
             params += values
         if invoke_type is not None:
             values = _as_list(invoke_type, "invoke_type")
+            if not set(values) <= {"Event", "RequestResponse"}:
+                raise invalid("InvokeType", f"invoke_type must be 'Event' (async) or 'RequestResponse' (sync), "
+                                            f"got {invoke_type!r}")
             where.append(f"invoke_type IN ({', '.join('?' * len(values))})")
             params += values
         for column, interval in (("start_time", start_time), ("end_time", end_time)):
@@ -258,10 +265,11 @@ class Client:
         key = self._key(request_id)
         where, params = ["event_key = ?"], [key]
         if since_seq is not None:
-            if not isinstance(since_seq, int) or since_seq < 0:
+            seq = _whole(since_seq)
+            if seq is None or seq < 0:
                 raise invalid("SinceSeq", f"since_seq must be an integer >= 0, got {since_seq!r}")
             where.append("seq > ?")
-            params.append(since_seq)
+            params.append(seq)
         if stream is not None:
             if stream not in ("stdout", "stderr"):
                 raise invalid("Stream", f"stream must be 'stdout' or 'stderr', got {stream!r}")
@@ -352,9 +360,23 @@ def _time_interval(column: str, interval: Any, where: list[str], params: list[An
         params.append(_epoch(end, column))
 
 
+def _whole(value: Any) -> int | None:
+    """An int from any integer type (numpy's too, as ``df.seq.iloc[-1]`` gives); None for anything else."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def _page(offset: Any, limit: Any) -> tuple[int, int | None]:
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+    off = _whole(offset)
+    if off is None or off < 0:
         raise invalid("Offset", f"offset must be an integer >= 0, got {offset!r}")
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+    if limit is None:
+        return off, None
+    lim = _whole(limit)
+    if lim is None or lim < 1:
         raise invalid("Limit", f"limit must be a positive integer or None, got {limit!r}")
-    return offset, limit
+    return off, lim

@@ -235,7 +235,7 @@ class Engine:
     def _recover(self) -> int:
         reason = ("the engine running this event stopped before it ended (kernel restarted or process "
                   "killed); nothing of it is running now")
-        n, groups = self.store.recover(reason)
+        n, groups = self.store.recover(reason, self.clock())
         for pgid in groups:
             try:
                 os.killpg(pgid, signal.SIGKILL)
@@ -357,14 +357,14 @@ class Engine:
                 stale = inst
         concurrency = fn.concurrency or os.cpu_count() or 1
         if len(pool) >= concurrency:
-            if stale is None:
-                return None
-            self._kill(stale, None)
-        elif sum(len(p) for p in self._pools.values()) >= self.config.max_workers:
+            if stale is not None:
+                self._kill(stale, None)  # make room; the event goes once it is reaped (milliseconds)
+            return None
+        if sum(len(p) for p in self._pools.values()) >= self.config.max_workers:
             idle = [i for p in self._pools.values() for i in p if i.state == IDLE]
-            if not idle:
-                return None
-            self._kill(min(idle, key=lambda i: i.idle_since), None)
+            if idle:
+                self._kill(min(idle, key=lambda i: i.idle_since), None)
+            return None
         return self._start(fn)
 
     def _start(self, fn: Function) -> Instance:
@@ -570,8 +570,9 @@ class Engine:
         if inst.outcome is None:
             inst.outcome = outcome
         if inst.state != DYING:
-            inst.state = DYING
-            self._forget(inst)
+            inst.state = DYING  # it stays in its pool, counting against concurrency, until reaped
+            if inst is self._spare:
+                self._spare = None
         inst.signal(sig)
         if sig != signal.SIGKILL:
             self._schedule(grace, "grace", inst)

@@ -73,16 +73,21 @@ class Instance:
         self.conn.send(("load", {"name": fn.name, "code": fn.code, "handler": fn.handler, "env": dict(fn.env)}))
 
     def signal(self, sig: int) -> None:
-        """Send ``sig`` to the instance's whole process group (the event's child processes too)."""
+        """Send ``sig`` to the instance, its process group and every descendant, including children that
+        started a session of their own (the instance is their subreaper, so orphans stay descendants)."""
         pid = self.pid or (self.process.pid if self.process is not None else None)
         if pid is None:
             return
-        for target in (lambda: os.killpg(pid, sig), lambda: os.kill(pid, sig)):
+        targets = [pid, *descendants(pid)]
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for p in targets:
             try:
-                target()
-                return
+                os.kill(p, sig)
             except (ProcessLookupError, PermissionError):
-                continue
+                pass
 
     def exit_description(self) -> str:
         code = None
@@ -99,6 +104,26 @@ class Instance:
             hint = {"SIGKILL": " (killed from outside, or out of memory)", "SIGSEGV": " (segmentation fault)"}
             return f"the instance process was killed by {name}{hint.get(name, '')}"
         return f"the instance process exited with code {code}"
+
+
+def descendants(pid: int) -> list[int]:
+    """Every living descendant of ``pid``, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], list(children.get(pid, ()))
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, ()))
+    return out
 
 
 class Spawner:
@@ -148,7 +173,8 @@ class Spawner:
         if inst.outcome is not None:  # killed before it started
             self._on_exit(inst)
             return
-        executor = loky.ProcessPoolExecutor(max_workers=1, initializer=worker.init_instance)
+        executor = loky.ProcessPoolExecutor(max_workers=1, initializer=worker.init_instance,
+                                            initargs=(os.getpid(),))
         future = executor.submit(worker.serve, address, inst.token)
         inst.executor = executor
         inst.process = next(iter(executor._processes.values()), None)

@@ -261,15 +261,15 @@ class Store:
     def max_event_key(self) -> int:
         return int(self.cursor().execute("SELECT coalesce(max(event_key), 0) FROM events").fetchone()[0])
 
-    def recover(self, reason: str) -> tuple[int, list[int]]:
+    def recover(self, reason: str, now: float) -> tuple[int, list[int]]:
         """After an engine died: its QUEUED/RUNNING events become FAILED; returns (how many, its instances'
         process groups, for the new engine to kill)."""
         db = self.cursor()
         groups = [r[0] for r in db.execute("SELECT pgid FROM instances").fetchall()]
         n = db.execute("SELECT count(*) FROM events WHERE status IN ('QUEUED', 'RUNNING')").fetchone()[0]
-        db.execute("""UPDATE events SET status = 'FAILED', end_time = coalesce(end_time, now()),
+        db.execute("""UPDATE events SET status = 'FAILED', end_time = coalesce(end_time, to_timestamp(?)),
                       error_type = 'EngineLost', error_message = ?, exit_reason = ?
-                      WHERE status IN ('QUEUED', 'RUNNING')""", [reason, reason])
+                      WHERE status IN ('QUEUED', 'RUNNING')""", [now, reason, reason])
         db.execute("DELETE FROM instances")
         return int(n), groups
 
@@ -278,16 +278,18 @@ class Store:
         self.sync()
         db = self.cursor()
         where = "start_time < to_timestamp(?) AND status IN ('FINISHED', 'FAILED', 'ABORTED')"
-        db.execute("BEGIN")
-        try:
-            n = db.execute(f"SELECT count(*) FROM events WHERE {where}", [cutoff]).fetchone()[0]
-            if n:
-                db.execute(f"DELETE FROM logs WHERE event_key IN (SELECT event_key FROM events WHERE {where})", [cutoff])
-                db.execute(f"DELETE FROM events WHERE {where}", [cutoff])
-            db.execute("COMMIT")
-        except Exception:
-            db.execute("ROLLBACK")
-            raise
+        with self._flush_lock:  # one writer at a time: the rolling purge and a user's purge() may meet
+            db.execute("BEGIN")
+            try:
+                n = db.execute(f"SELECT count(*) FROM events WHERE {where}", [cutoff]).fetchone()[0]
+                if n:
+                    db.execute(f"DELETE FROM logs WHERE event_key IN (SELECT event_key FROM events WHERE {where})",
+                               [cutoff])
+                    db.execute(f"DELETE FROM events WHERE {where}", [cutoff])
+                db.execute("COMMIT")
+            except Exception:
+                db.execute("ROLLBACK")
+                raise
         return int(n)
 
     def export(self, folder: Path) -> dict[str, int]:

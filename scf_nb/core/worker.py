@@ -37,7 +37,9 @@ from typing import Any
 
 END_MARKER = b"\x00\x1fscf_nb:end\x1f\x00"
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 _F_SETPIPE_SZ = 1031
+_IOLBF = 1
 PIPE_BYTES = 1 << 20
 
 
@@ -58,20 +60,33 @@ class Context(dict):
         return max(0, int((self["_deadline"] - time.monotonic()) * 1000))
 
 
-def init_instance() -> None:
+def init_instance(engine_pid: int) -> None:
     """loky initializer: an own process group (a kill reaches the event's children; Ctrl-C does not reach
     us) and death with the engine even inside a GIL-holding C call."""
     os.setpgid(0, 0)
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        libc = _libc()
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        # Orphans of the event (a daemon that double-forked) become our children, not init's, so the
+        # engine still finds them among our descendants when it kills us.
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1)
     except (OSError, AttributeError):
         pass
+    if os.getppid() != engine_pid:  # the engine died before prctl: no signal will ever come
+        os._exit(1)
+
+
+def _libc() -> Any:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def serve(address: str, token: str) -> None:
     """The instance's serve loop: connect back, hand over the capture pipes, then run events one by one."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(address)
+    try:
+        sock.connect(address)
+    except OSError:  # the engine is gone: do not linger as an idle loky worker
+        os._exit(1)
     try:
         read_ends = _capture_stdio()
         socket.send_fds(sock, [f"{token} {os.getpid()}".encode()], read_ends)
@@ -117,6 +132,11 @@ def _capture_stdio() -> list[int]:
             setattr(sys, stream, open(target, "w", closefd=False))
         # Line buffering makes prints live even where PYTHONUNBUFFERED is not set.
         getattr(sys, stream).reconfigure(line_buffering=True)
+    try:  # C code's stdout is line-buffered too (not fully buffered, as it is on a pipe by default)
+        libc = _libc()
+        libc.setvbuf(ctypes.c_void_p.in_dll(libc, "stdout"), None, _IOLBF, 0)
+    except (OSError, AttributeError, ValueError):
+        pass
     return read_ends
 
 
@@ -152,15 +172,10 @@ class _Runner:
             outcome = ("ABORTED", None)
         except BaseException as e:  # the handler's failure, whatever it is, is the event's
             self.running = False
-            tb = "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next))
-            outcome = ("FAILED", {"type": type(e).__name__, "message": str(e), "traceback": tb})
+            outcome = ("FAILED", _describe(e))
         self.running = False
         duration_ms = (time.perf_counter() - started) * 1000.0
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
+        _flush_all()
         os.write(1, END_MARKER + b"\n")
         os.write(2, END_MARKER + b"\n")
         self.conn.send(("done", outcome[0], outcome[1], duration_ms, _peak_memory()))
@@ -178,6 +193,32 @@ class _Runner:
         if not callable(handler):
             raise TypeError(f"handler {self.spec['handler']!r} of {name} is not a function")
         return handler
+
+
+def _describe(e: BaseException) -> dict[str, str]:
+    """Type, message and traceback of the handler's exception, even one whose ``str()`` raises."""
+    try:
+        message = str(e)
+    except Exception as inner:
+        message = f"<str() of the exception failed: {type(inner).__name__}: {inner}>"
+    try:
+        tb = "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next if e.__traceback__ else None))
+    except Exception:
+        tb = "".join(traceback.format_tb(e.__traceback__)) + f"{type(e).__name__}: {message}\n"
+    return {"type": type(e).__name__, "message": message, "traceback": tb}
+
+
+def _flush_all() -> None:
+    """Everything written so far reaches the pipes before the END markers: Python's and C's stdio."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    try:
+        _libc().fflush(None)
+    except (OSError, AttributeError):
+        pass
 
 
 def _dump_result(result: Any) -> str:
