@@ -35,10 +35,13 @@ def __getattr__(name: str) -> Any:
     import importlib
 
     if name in _API:
-        return getattr(importlib.import_module(".api", __name__), name)
-    if name in _TYPES:
-        return getattr(importlib.import_module(_TYPES[name], __name__), name)
-    raise AttributeError(f"module 'scf_nb' has no attribute {name!r}")
+        value = getattr(importlib.import_module(".api", __name__), name)
+    elif name in _TYPES:
+        value = getattr(importlib.import_module(_TYPES[name], __name__), name)
+    else:
+        raise AttributeError(f"module 'scf_nb' has no attribute {name!r}")
+    globals()[name] = value  # found once: later lookups are plain attribute reads
+    return value
 
 
 def __dir__() -> list[str]:

@@ -11,7 +11,6 @@ import sys
 import uuid
 
 import pytest
-
 from conftest import kill_quietly, pid_alive
 
 

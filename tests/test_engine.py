@@ -224,6 +224,25 @@ def test_idle_instance_is_stopped_and_the_next_event_cold_starts(short_idle: Any
     assert lines(ev)[0].startswith("cold start")
 
 
+def test_background_processes_of_events_do_not_pile_up_as_zombies(scf: Any) -> None:
+    code = (
+        "import os, subprocess\n"
+        "def main_handler(event, context):\n"
+        "    # a shell that leaves a background job behind and exits: the job is orphaned\n"
+        "    out = subprocess.run(['sh', '-c', 'sleep 0.2 & echo $!'], capture_output=True, text=True).stdout\n"
+        "    return {'pid': os.getpid(), 'orphan': int(out)}\n"
+    )
+    scf.create_function("spawner", code, async_run=True, concurrency=1)
+    first = scf.invoke("spawner").result(timeout=30)
+    orphan = first["orphan"]
+    wait_until(lambda: not pid_alive(orphan), 20, f"background job {orphan} to end")
+    second = scf.invoke("spawner").result(timeout=30)  # the same warm instance serves another event
+    assert second["pid"] == first["pid"]
+    kill_quietly(second["orphan"])
+    # ended, and reaped: not left behind as a zombie of the instance for as long as the instance lives
+    wait_until(lambda: not os.path.exists(f"/proc/{orphan}"), 5, f"zombie {orphan} to be reaped")
+
+
 # -- concurrency and order ----------------------------------------------------------------------------------------
 def test_concurrency_one_queues_events_in_fifo_order(scf: Any, tmp_path: Path) -> None:
     scf.create_function("serial", WORKER, async_run=True, concurrency=1)

@@ -13,7 +13,6 @@ from typing import Any
 
 import pandas as pd
 import pytest
-
 from conftest import kill_quietly, pid_alive, wait_until
 from processes import kill_tagged, tagged_env
 

@@ -15,10 +15,10 @@ from typing import Any, Iterator
 
 import duckdb
 import pytest
-
-import scf_nb
 from conftest import kill_quietly, pid_alive, wait_until
 from processes import kill_tagged, read_line, run_script, stop, tagged_env, tagged_processes
+
+import scf_nb
 
 GATE = textwrap.dedent('''
     import os, time

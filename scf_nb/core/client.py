@@ -92,7 +92,19 @@ class Client:
         return Event(self, request_id, rec["function_name"])
 
     def get_event_status(self, request_id: str) -> str:
-        return self._record(request_id, traced_only=True)["status"]
+        ev = self.engine.live(request_id)
+        if ev is not None:
+            if not ev.traced:
+                raise not_found_event(request_id)
+            return ev.status.value
+        key = key_of(request_id)
+        if key is None:
+            raise not_found_event(request_id)
+        rows = self.engine.store.rows("SELECT status, traced FROM events WHERE event_key = ? AND request_id = ?",
+                                      [key, request_id])
+        if not rows or not rows[0][1]:
+            raise not_found_event(request_id)
+        return rows[0][0]
 
     def wait_event(self, request_id: str, timeout: float | None = None) -> str:
         ev = self.engine.live(request_id)
@@ -191,9 +203,9 @@ class Client:
             where.append("start_time >= to_timestamp(?)")
             params.append(_epoch(since, "since"))
         rows = self.engine.store.rows(
-            "SELECT status, count(*), avg(duration_ms), approx_quantile(duration_ms, 0.5), "
-            "approx_quantile(duration_ms, 0.95), max(duration_ms) FROM events "
-            f"WHERE {' AND '.join(where)} GROUP BY status", params)
+            "SELECT status, n, a, q[1], q[2], m FROM (SELECT status, count(*) AS n, avg(duration_ms) AS a, "
+            "quantile_cont(duration_ms, [0.5, 0.95]) AS q, max(duration_ms) AS m FROM events "
+            f"WHERE {' AND '.join(where)} GROUP BY status)", params)
         by_status = {r[0]: r for r in rows}
         out = []
         for s in ALL:

@@ -34,7 +34,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -42,7 +42,7 @@ from .admission import Admission, encode_event
 from .config import Config
 from .errors import ScfError
 from .functions import Function, Registry
-from .instances import BUSY, DYING, IDLE, STARTING, Instance, Outcome, Spawner, at_exit
+from .instances import BUSY, DYING, IDLE, STARTING, Instance, Outcome, Spawner, at_exit, descendants
 from .logchannel import LineSplitter
 from .records import EventState, make_request_id
 from .status import Status
@@ -69,6 +69,7 @@ class Engine:
         self.config = config
         self.clock = config.clock
         self._live: dict[str, EventState] = {}
+        self._recent: OrderedDict[str, EventState] = OrderedDict()  # ended, on disk, still cheap to read
         self._waiters: dict[str, threading.Event] = {}
         self._queues: dict[tuple[str, str], deque[EventState]] = {}
         self._pools: dict[tuple[str, str], list[Instance]] = {}  # instances not dying, per function
@@ -157,8 +158,15 @@ class Engine:
         return ev
 
     def live(self, request_id: str) -> EventState | None:
-        """The in-memory record of an event not yet on disk in its final state."""
-        return self._live.get(request_id)
+        """The in-memory record of an event not yet on disk in its final state, or of a recently ended one
+        (which the store has too: a cheap read instead of a query)."""
+        ev = self._live.get(request_id)
+        if ev is not None:
+            return ev
+        ev = self._recent.get(request_id)
+        if ev is not None and ev.start_time < self._retention_cutoff():
+            return None  # maybe purged already: let the store say
+        return ev
 
     def terminate(self, ev: EventState, grace: bool) -> None:
         self._post(("terminate", ev, grace))
@@ -230,6 +238,9 @@ class Engine:
         for ev in events:
             if ev.status.is_terminal:
                 self._live.pop(ev.request_id, None)
+                self._recent[ev.request_id] = ev
+        while len(self._recent) > 20000:
+            self._recent.popitem(last=False)
 
     # == recovery ==============================================================================================
     def _recover(self) -> int:
@@ -453,6 +464,11 @@ class Engine:
             inst.streams[pipe_fd] = LineSplitter(stream)
             self._sel.register(pipe_fd, selectors.EVENT_READ, (self._on_pipe, inst))
         inst.open_fds = {inst.conn_fd, *fds}
+        try:  # readable the moment the process has exited: no wait for loky to notice
+            inst.pidfd = os.pidfd_open(inst.pid)
+            self._sel.register(inst.pidfd, selectors.EVENT_READ, (self._on_pidfd, inst))
+        except (OSError, AttributeError):
+            inst.pidfd = None
         self.store.later("INSERT INTO instances VALUES (?, ?, ?)", (inst.pid, inst.pid, os.getpid()))
         if inst.state == DYING:
             inst.signal(signal.SIGKILL)
@@ -483,6 +499,20 @@ class Engine:
                 return
             inst.done = msg
             self._try_complete(inst)
+
+    def _on_pidfd(self, fd: int, inst: Instance) -> None:
+        self._close_pidfd(inst)
+        self._cmd_exited(inst)
+
+    def _close_pidfd(self, inst: Instance) -> None:
+        fd = inst.pidfd
+        if fd is not None:
+            inst.pidfd = None
+            try:
+                self._sel.unregister(fd)
+            except (KeyError, ValueError):
+                pass
+            os.close(fd)
 
     def _on_pipe(self, fd: int, inst: Instance) -> None:
         splitter = inst.streams[fd]
@@ -595,6 +625,7 @@ class Engine:
                 self._drain(inst, fd)
             self._close_fd(inst, fd)
         inst.state = _REAPED
+        self._close_pidfd(inst)
         self._all.discard(inst)
         self._by_token.pop(inst.token, None)
         self._forget(inst)
@@ -657,15 +688,9 @@ class Engine:
 
 
 def _rss(pid: int) -> int:
-    """Resident memory of ``pid`` and its direct children, in bytes."""
+    """Resident memory of ``pid`` and all its descendants, in bytes."""
     total = 0
-    pids = [pid]
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            pids += [int(p) for p in f.read().split()]
-    except OSError:
-        pass
-    for p in pids:
+    for p in [pid, *descendants(pid)]:
         try:
             with open(f"/proc/{p}/statm") as f:
                 total += int(f.read().split()[1]) * _PAGE

@@ -46,6 +46,7 @@ class Instance:
         self.process: Any = None
         self.conn: Any = None
         self.conn_fd = -1
+        self.pidfd: int | None = None
         self.pid: int | None = None
         self.streams: dict[int, LineSplitter] = {}
         self.open_fds: set[int] = set()
@@ -78,11 +79,13 @@ class Instance:
         pid = self.pid or (self.process.pid if self.process is not None else None)
         if pid is None:
             return
-        targets = [pid, *descendants(pid)]
-        try:
-            os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        # Find the descendants before the kill: once the instance is dead its orphans belong to init.
+        targets = descendants(pid)
+        for target in (lambda: os.killpg(pid, sig), lambda: os.kill(pid, sig)):
+            try:
+                target()
+            except (ProcessLookupError, PermissionError):
+                pass
         for p in targets:
             try:
                 os.kill(p, sig)
@@ -107,7 +110,29 @@ class Instance:
 
 
 def descendants(pid: int) -> list[int]:
-    """Every living descendant of ``pid``, from /proc."""
+    """Every living descendant of ``pid``: walks /proc/PID/task/*/children (only the subtree) where the
+    kernel has those files, else scans all of /proc."""
+    if not _HAS_CHILDREN_FILES:
+        return _descendants_by_scan(pid)
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+                out.extend(kids)
+                todo.extend(kids)
+        except OSError:  # it exited while we looked
+            continue
+    return out
+
+
+_HAS_CHILDREN_FILES = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+
+def _descendants_by_scan(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -193,10 +218,10 @@ def at_exit(fn: Callable[[], None]) -> None:
 
 
 def _register_exit_hook() -> None:
-    global _hook_registered
-    if _hook_registered:
-        return
-    _hook_registered = True
+    # loky registers its _python_exit again for every executor started (its "registered once" guard keeps
+    # the None that threading._register_atexit returns), so move ours to the end each time.
+    atexits = threading._threading_atexits  # type: ignore[attr-defined]
+    atexits[:] = [f for f in atexits if getattr(f, "func", None) is not _run_exit_hooks]
     # threading's exit callbacks run in reverse order of registration: registered after loky's (made by
     # the first executor), ours runs first.
     threading._register_atexit(_run_exit_hooks)  # type: ignore[attr-defined]

@@ -76,8 +76,14 @@ def init_instance(engine_pid: int) -> None:
         os._exit(1)
 
 
+_LIBC: Any = None
+
+
 def _libc() -> Any:
-    return ctypes.CDLL(None, use_errno=True)
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    return _LIBC
 
 
 def serve(address: str, token: str) -> None:
@@ -101,6 +107,8 @@ def serve(address: str, token: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         try:
+            while not conn.poll(_REAP_EVERY_S):  # idle: collect adopted orphans now and then
+                _reap_orphans()
             msg = conn.recv()
         except (EOFError, OSError):
             return
@@ -179,6 +187,8 @@ class _Runner:
         os.write(1, END_MARKER + b"\n")
         os.write(2, END_MARKER + b"\n")
         self.conn.send(("done", outcome[0], outcome[1], duration_ms, _peak_memory()))
+        if time.monotonic() - _last_reap[0] > _REAP_EVERY_S:
+            _reap_orphans()
 
     def _load(self) -> Any:
         """Cold start: run the function's module top level once; its state stays for warm events."""
@@ -193,6 +203,42 @@ class _Runner:
         if not callable(handler):
             raise TypeError(f"handler {self.spec['handler']!r} of {name} is not a function")
         return handler
+
+
+_REAP_EVERY_S = 1.0
+_last_reap = [0.0]
+
+
+def _reap_orphans() -> None:
+    """Collect exited processes that were adopted as orphans (we are their subreaper), so they do not pile
+    up as zombies in a long-lived instance; children the handler still holds a Popen for are left alone."""
+    _last_reap[0] = time.monotonic()
+    me = os.getpid()
+    zombies = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == b"Z" and int(fields[1]) == me:
+            zombies.append(int(entry.name))
+    if not zombies:
+        return
+    import gc
+    import multiprocessing
+    import subprocess
+
+    held = {o.pid for o in gc.get_objects() if isinstance(o, subprocess.Popen)}
+    held |= {p.pid for p in multiprocessing.active_children()}
+    for pid in zombies:
+        if pid not in held:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
 
 
 def _describe(e: BaseException) -> dict[str, str]:
@@ -231,10 +277,19 @@ def _dump_result(result: Any) -> str:
         return json.dumps(result, ensure_ascii=False, default=repr, skipkeys=True)
 
 
+_PROC_FDS: dict[str, int] = {}
+
+
+def _proc_fd(name: str, flags: int) -> int:
+    fd = _PROC_FDS.get(name)
+    if fd is None:
+        fd = _PROC_FDS[name] = os.open(f"/proc/self/{name}", flags)
+    return fd
+
+
 def _reset_peak_memory() -> None:
     try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
+        os.write(_proc_fd("clear_refs", os.O_WRONLY), b"5")
     except OSError:
         pass
 
@@ -242,11 +297,10 @@ def _reset_peak_memory() -> None:
 def _peak_memory() -> int:
     """Peak resident memory of this process since the event started, in bytes."""
     try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
+        data = os.pread(_proc_fd("status", os.O_RDONLY), 16384, 0)
+        i = data.index(b"VmHWM:")
+        return int(data[i + 6:data.index(b"kB", i)]) * 1024
+    except (OSError, ValueError):
         pass
     import resource
 
