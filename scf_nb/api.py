@@ -57,7 +57,10 @@ def _bound(name: str) -> Callable[..., Any]:
 
     @functools.wraps(method)
     def call(*args: Any, **kwargs: Any) -> Any:
-        return getattr(client(), name)(*args, **kwargs)
+        c = _client
+        if c is None or c.engine._closed:
+            c = client()
+        return getattr(c, name)(*args, **kwargs)
 
     sig = inspect.signature(method)
     call.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:])  # type: ignore[attr-defined]

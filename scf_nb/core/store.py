@@ -4,6 +4,10 @@ Writes never happen on the invoke path: the engine puts new events, status chang
 in-memory buffers (under ``lock``) and the writer thread turns each buffer into one columnar batch every
 ``flush_interval`` (DuckDB does ~1,000 single-row INSERTs a second here, but 250k+ rows a second batched).
 A read first flushes (``sync``), so it sees every write made before it.
+
+The live overview comes from running aggregates (``stats.OverviewStats``), loaded once from the table on the
+first ``overview`` and then kept in step, under the flush lock, with every change to the events table: the
+rows each batch commits, the rows a purge deletes (``recover`` drops them: they are loaded again).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import pandas as pd
 from .errors import ScfError
 from .functions import Function
 from .records import EVENT_COLUMNS, EventState
+from .stats import OverviewStats, Summary, bucket_sql
 from .status import TERMINAL
 
 SCHEMA = """
@@ -52,6 +57,17 @@ FROM batch b WHERE events.event_key = b.event_key"""
 _UPDATE_COLUMNS = ("event_key", "status", "run_time", "end_time", "duration_ms", "billed_duration_ms",
                    "mem_usage_bytes", "result", "error_type", "error_message", "error_traceback", "exit_reason",
                    "instance_pid")
+_NEW = tuple(EVENT_COLUMNS.index(c) for c in ("event_key", "namespace", "function_name", "status", "traced",
+                                              "duration_ms"))
+_CHANGED = tuple(_UPDATE_COLUMNS.index(c) for c in ("event_key", "status", "duration_ms"))
+_TERMINAL_SQL = "status IN ('FINISHED', 'FAILED', 'ABORTED')"
+_LIVE_SQL = "status IN ('QUEUED', 'RUNNING')"
+_BUCKET = bucket_sql("duration_ms")
+# ended events per group and duration bucket (an event_key for each live one): the aggregates' first state
+_LOAD_STATS = f"""
+SELECT namespace, function_name, status, CASE WHEN {_LIVE_SQL} THEN event_key END AS live_key, {_BUCKET} AS b,
+       count(*), sum(duration_ms), max(duration_ms)
+FROM events WHERE traced GROUP BY ALL"""
 _FUNCTION_COLUMNS = ("namespace", "name", "version", "revision", "code", "handler", "async_run", "trace",
                      "timeout", "concurrency", "qps_limit", "env", "memory_mb", "description", "created_at",
                      "updated_at")
@@ -106,6 +122,7 @@ class Store:
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
         self.write_errors = 0
+        self._stats: OverviewStats | None = None  # guarded by _flush_lock; None until the first overview
 
     # -- buffers (called by the engine, under ``lock`` where it says so) --------------------------------
     def add_event(self, ev: EventState) -> None:
@@ -180,6 +197,8 @@ class Store:
                         cur[:0] = old
                     self._sql_ops[:0] = ops
                 raise
+            if self._stats is not None:
+                self._count(new_rows, changed_rows)
         if done:
             self._on_committed(done)
 
@@ -203,6 +222,22 @@ class Store:
         except Exception:
             db.execute("ROLLBACK")
             raise
+
+    def _count(self, new_rows: list[tuple[Any, ...]], changed_rows: list[tuple[Any, ...]]) -> None:
+        """Bring the overview's aggregates in step with a batch just committed (hold ``_flush_lock``)."""
+        stats = self._stats
+        assert stats is not None
+        try:
+            k, ns, fn, st, traced, dur = _NEW
+            for r in new_rows:
+                if r[traced]:
+                    stats.commit_new(r[k], r[ns], r[fn], r[st], r[dur])
+            k, st, dur = _CHANGED
+            for r in changed_rows:
+                stats.commit_change(r[k], r[st], r[dur])
+        except Exception:  # never leave them wrong: load them again on the next overview
+            self._stats = None
+            log.exception("scf_nb overview aggregates dropped")
 
     @staticmethod
     def _run_batch(db: duckdb.DuckDBPyConnection, sql: str, frame: pd.DataFrame) -> None:
@@ -234,6 +269,25 @@ class Store:
     def rows(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         self.sync()
         return self.cursor().execute(sql, list(params)).fetchall()
+
+    def overview(self, namespace: str | None = None, function: str | None = None) -> dict[str, Summary]:
+        """Per status with events: count and duration statistics of the traced events of ``namespace`` and
+        ``function`` (None: all), as the table holds them after a ``sync``; p50/p95 approximate (see stats)."""
+        self.sync()
+        with self._flush_lock:
+            if self._stats is None:
+                self._stats = self._load_stats()
+            return self._stats.summary(namespace, function)
+
+    def _load_stats(self) -> OverviewStats:
+        """The aggregates of the table as it is (one query; hold ``_flush_lock`` so no batch lands meanwhile)."""
+        stats = OverviewStats()
+        for ns, fn, status, key, bucket, n, total, mx in self.cursor().execute(_LOAD_STATS).fetchall():
+            if key is not None:
+                stats.track(key, ns, fn, status)
+            else:
+                stats.add_rows(ns, fn, status, bucket, n, total, mx)
+        return stats
 
     # -- functions, instances, recovery, retention -------------------------------------------------------
     def save_functions(self, fns: list[Function]) -> None:
@@ -271,26 +325,60 @@ class Store:
                       error_type = 'EngineLost', error_message = ?, exit_reason = ?
                       WHERE status IN ('QUEUED', 'RUNNING')""", [now, reason, reason])
         db.execute("DELETE FROM instances")
+        with self._flush_lock:
+            self._stats = None  # rows changed behind the aggregates' back: load them again when asked
         return int(n), groups
 
     def purge(self, cutoff: float) -> int:
-        """Delete ended events (and their logs) that started before ``cutoff`` (epoch seconds)."""
+        """Delete ended events (and their logs) that started before ``cutoff`` (epoch seconds); the overview's
+        aggregates lose them in the same step."""
         self.sync()
         db = self.cursor()
-        where = "start_time < to_timestamp(?) AND status IN ('FINISHED', 'FAILED', 'ABORTED')"
+        where = f"start_time < to_timestamp(?) AND {_TERMINAL_SQL}"
         with self._flush_lock:  # one writer at a time: the rolling purge and a user's purge() may meet
+            stats = self._stats
+            removed: list[tuple[Any, ...]] = []
+            maxima: list[tuple[Any, ...]] = []
             db.execute("BEGIN")
             try:
                 n = db.execute(f"SELECT count(*) FROM events WHERE {where}", [cutoff]).fetchone()[0]
                 if n:
+                    if stats is not None:
+                        removed = db.execute(
+                            f"SELECT namespace, function_name, status, {_BUCKET} AS b, count(*), sum(duration_ms), "
+                            f"max(duration_ms) FROM events WHERE {where} AND traced GROUP BY ALL", [cutoff]).fetchall()
                     db.execute(f"DELETE FROM logs WHERE event_key IN (SELECT event_key FROM events WHERE {where})",
                                [cutoff])
                     db.execute(f"DELETE FROM events WHERE {where}", [cutoff])
+                    if stats is not None:
+                        maxima = self._purged_maxima(db, stats, removed)
                 db.execute("COMMIT")
             except Exception:
                 db.execute("ROLLBACK")
+                if removed:
+                    self._stats = None  # partly taken out: load them again when asked
                 raise
+            for row in maxima:
+                stats.set_max(*row)  # type: ignore[union-attr]
         return int(n)
+
+    @staticmethod
+    def _purged_maxima(db: duckdb.DuckDBPyConnection, stats: OverviewStats,
+                       removed: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """Take ``removed`` (rows of the purge, per group and bucket) out of ``stats``; return the new maximum
+        of each group whose maximum may have gone with them, read from the table after the delete."""
+        groups = {(ns, fn, st) for ns, fn, st, b, n, total, mx in removed
+                  if stats.remove_rows(ns, fn, st, b, n, total, mx)}
+        if not groups:
+            return []
+        params: list[Any] = []
+        for g in groups:
+            params += g
+        cond = " OR ".join(["(namespace = ? AND function_name = ? AND status = ?)"] * len(groups))
+        found = {tuple(r[:3]): r[3] for r in db.execute(
+            f"SELECT namespace, function_name, status, max(duration_ms) FROM events WHERE traced AND ({cond}) "
+            f"GROUP BY ALL", params).fetchall()}
+        return [(*g, found.get(g)) for g in groups]
 
     def export(self, folder: Path) -> dict[str, int]:
         """Events, logs and functions as Parquet files in ``folder``; returns the row counts."""

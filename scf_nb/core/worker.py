@@ -20,6 +20,7 @@ it is imported at every cold start.
 
 from __future__ import annotations
 
+import array
 import ctypes
 import fcntl
 import inspect
@@ -29,6 +30,7 @@ import os
 import signal
 import socket
 import sys
+import termios
 import time
 import traceback
 import types
@@ -121,6 +123,20 @@ def serve(address: str, token: str) -> None:
             return
 
 
+_OWN_ENDS: list[int] = []
+_FIONREAD = termios.FIONREAD
+
+
+def _unread(fd: int) -> int:
+    """Bytes written to the pipe that the engine has not read yet."""
+    buf = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, _FIONREAD, buf, True)
+    except OSError:
+        return 1
+    return buf[0]
+
+
 def _capture_stdio() -> list[int]:
     """Point fds 1 and 2 at fresh pipes (big, so a burst rarely blocks) and return their read ends."""
     read_ends = []
@@ -134,7 +150,7 @@ def _capture_stdio() -> list[int]:
         if py is not None:
             py.flush()
         os.dup2(w, target)
-        os.close(w)
+        _OWN_ENDS.append(w)  # our own copy (not inherited): markers still reach the pipe if fd 1 is moved
         read_ends.append(r)
         if py is None or not hasattr(py, "reconfigure"):
             setattr(sys, stream, open(target, "w", closefd=False))
@@ -184,9 +200,13 @@ class _Runner:
         self.running = False
         duration_ms = (time.perf_counter() - started) * 1000.0
         _flush_all()
-        os.write(1, END_MARKER + b"\n")
-        os.write(2, END_MARKER + b"\n")
-        self.conn.send(("done", outcome[0], outcome[1], duration_ms, _peak_memory()))
+        # If the engine has already read every byte on both pipes, it has also stored them (it reads and
+        # stores in one step, before it looks at our "done"): no END markers needed, two wake-ups saved.
+        drained = all(_unread(fd) == 0 for fd in _OWN_ENDS)
+        if not drained:
+            for fd in _OWN_ENDS:
+                os.write(fd, END_MARKER + b"\n")
+        self.conn.send(("done", outcome[0], outcome[1], duration_ms, _peak_memory(), drained))
         if time.monotonic() - _last_reap[0] > _REAP_EVERY_S:
             _reap_orphans()
 
