@@ -13,6 +13,7 @@ from .status import Status
 # random bits are cheaper made 512 at a time than one id at a time.
 _rng = random.Random(os.urandom(32))
 _tails: list[str] = []
+_VARIANT = {h: "89ab"[int(h, 16) & 3] for h in "0123456789abcdef"}  # RFC 4122 variant bits
 
 
 def _tail() -> str:
@@ -34,7 +35,8 @@ def make_request_id(key: int) -> str:
     """A UUID-shaped RequestId whose first 48 bits are the event's integer key (random after that), so the
     store finds an event by a cheap integer range instead of an index on strings."""
     tail = _tail()
-    return f"{key >> 16 & 0xFFFFFFFF:08x}-{key & 0xFFFF:04x}-4{tail[1:4]}-{tail[4:8]}-{tail[8:20]}"
+    variant = _VARIANT[tail[4]]
+    return f"{key >> 16 & 0xFFFFFFFF:08x}-{key & 0xFFFF:04x}-4{tail[1:4]}-{variant}{tail[5:8]}-{tail[8:20]}"
 
 
 def key_of(request_id: Any) -> int | None:
