@@ -4,13 +4,11 @@ below them; an HTTP client with the same methods can stand in for this in-proces
 from __future__ import annotations
 
 import json
-import math
 import operator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
 import pandas as pd
 
 from . import status as st
@@ -19,7 +17,8 @@ from .errors import EventAborted, FunctionError, ScfError, invalid, not_found_ev
 from .events import Event
 from .functions import LATEST, Function, make_function
 from .records import EventState, key_of
-from .status import ALL, Status
+from .stats import overview_frame
+from .status import Status
 
 EVENT_LIST_COLUMNS = ("request_id", "function_name", "namespace", "qualifier", "invoke_type", "status",
                       "start_time", "end_time", "duration_ms", "billed_duration_ms", "mem_usage_bytes",
@@ -198,13 +197,12 @@ class Client:
 
         Without ``since`` it reads running aggregates the store keeps (no scan of the table): counts, avg and
         max are exact; p50/p95 are estimated from a log-scale histogram (16 buckets per doubling) and are
-        within 2.2 % of the exact ``quantile_cont`` value for durations from 1 us to ~50 days (a duration
+        within 2.2 % of the exact ``quantile_cont`` value for durations from 1 us to ~35 years (a duration
         under 1 us counts as 0). With ``since`` (events that started at or after it) all of it is computed
         exactly by a query.
         """
         if since is None:
-            stats = self.engine.store.overview(namespace, function)
-            return _overview_frame({s: tuple(v) for s, v in stats.items()})
+            return overview_frame(self.engine.store.overview(namespace, function))
         where, params = ["traced"], []
         if function is not None:
             where.append("function_name = ?")
@@ -218,7 +216,7 @@ class Client:
             "SELECT status, n, a, q[1], q[2], m FROM (SELECT status, count(*) AS n, avg(duration_ms) AS a, "
             "quantile_cont(duration_ms, [0.5, 0.95]) AS q, max(duration_ms) AS m FROM events "
             f"WHERE {' AND '.join(where)} GROUP BY status)", params)
-        return _overview_frame({r[0]: r[1:] for r in rows})
+        return overview_frame({r[0]: r[1:] for r in rows})
 
     def logs(self, request_id: str, *, since_seq: int | None = None, stream: str | None = None) -> pd.DataFrame:
         """The event's lines in ``seq`` order: columns ``seq, ts, stream, line``. ``since_seq`` returns only
@@ -332,21 +330,6 @@ def _from_state(ev: EventState) -> dict[str, Any]:
         if rec[c] is not None:
             rec[c] = datetime.fromtimestamp(rec[c]).astimezone()
     return rec
-
-
-def _overview_frame(by_status: dict[str, tuple[Any, ...]]) -> pd.DataFrame:
-    """The overview's frame from ``status -> (count, avg, p50, p95, max)``: every status, zeros and NaN
-    where there is nothing."""
-    counts, figures = [], []
-    for s in ALL:
-        count, *rest = by_status.get(s.value, (0, None, None, None, None))
-        counts.append(int(count))
-        figures.append([math.nan if v is None else float(v) for v in rest])
-    values = np.array(figures, dtype=np.float64).reshape(len(ALL), 4)
-    frame = {"status": [s.value for s in ALL], "count": np.array(counts, dtype=np.int64)}
-    for i, c in enumerate(("avg_duration_ms", "p50_duration_ms", "p95_duration_ms", "max_duration_ms")):
-        frame[c] = values[:, i]
-    return pd.DataFrame(frame)
 
 
 def _local_tz() -> Any:

@@ -12,7 +12,7 @@ order statistics around ``q * (n - 1)``), each order statistic replaced by its b
 A bucket ``[lo, hi)`` with ``hi = lo * 2**(1/16)`` is represented by ``2*lo*hi / (lo + hi)``, which is within
 ``RELATIVE_ERROR`` (2.17 %) of every value in the bucket, so the estimate is within ``RELATIVE_ERROR`` of the
 exact quantile too (it is a convex combination of two such values). Durations below ``MIN_MS`` (1 us, zero
-included) count as 0 (an absolute error under 1 us); those of ``MAX_MS`` (~50 days) and more share the top
+included) count as 0 (an absolute error under 1 us); those of ``MAX_MS`` (~35 years) and more share the top
 bucket. An estimate is never above the exact maximum.
 """
 
@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
+import pandas as pd
+
+from . import status as status_module
 
 BUCKETS_PER_OCTAVE = 16
-MIN_OCTAVE, MAX_OCTAVE = -10, 32
+MIN_OCTAVE, MAX_OCTAVE = -10, 40
 MIN_MS = 2.0 ** MIN_OCTAVE  # below it: bucket 0, represented by 0
 MAX_MS = 2.0 ** MAX_OCTAVE  # from it on: the top bucket
 N_BUCKETS = (MAX_OCTAVE - MIN_OCTAVE) * BUCKETS_PER_OCTAVE + 1
@@ -37,14 +40,14 @@ _LOWER = 2.0 ** ((np.arange(N_BUCKETS, dtype=np.float64) - _OFFSET) / BUCKETS_PE
 _VALUE = 2.0 * _LOWER * (_LOWER * _GROWTH) / (_LOWER + _LOWER * _GROWTH)
 _VALUE[0] = 0.0
 
-LIVE = frozenset({"QUEUED", "RUNNING"})
-TERMINAL = frozenset({"FINISHED", "FAILED", "ABORTED"})
+STATUSES = tuple(s.value for s in status_module.ALL)  # the overview's rows, in this order
+TERMINAL = frozenset(s.value for s in status_module.TERMINAL)
 GroupKey = tuple[str, str, str]  # (namespace, function_name, status)
 
 
 def bucket_of(ms: float | None) -> int | None:
     """The histogram bucket of a duration; None for no duration (NULL, NaN)."""
-    if ms is None or ms != ms:
+    if ms is None or math.isnan(ms):
         return None
     if ms < MIN_MS:
         return 0
@@ -63,7 +66,7 @@ def bucket_sql(column: str) -> str:
 class Summary(NamedTuple):
     """One status's row of the overview; NaN where there is no duration."""
 
-    count: int
+    events: int
     avg_ms: float
     p50_ms: float
     p95_ms: float
@@ -83,11 +86,11 @@ class Durations:
     def add(self, ms: float | None) -> None:
         self.count += 1
         b = bucket_of(ms)
-        if b is None:
+        if b is None or ms is None:
             return
         self.timed += 1
-        self.total += ms  # type: ignore[operator]
-        self.max = max(self.max, ms)  # type: ignore[type-var]
+        self.total += ms
+        self.max = max(self.max, ms)
         self.hist[b] += 1
 
     def add_rows(self, bucket: int | None, n: int, total: float | None, mx: float | None, sign: int = 1) -> None:
@@ -238,3 +241,19 @@ class OverviewStats:
             self._live_counts[group] = n
         else:
             del self._live_counts[group]
+
+
+def overview_frame(by_status: Mapping[str, Sequence[Any]]) -> pd.DataFrame:
+    """The overview's frame from ``status -> (count, avg, p50, p95, max)`` (a ``Summary`` or a query's row):
+    one row per status in ``STATUSES`` order, 0 and NaN where there is nothing; ``count`` int64, the rest
+    float64."""
+    counts, figures = [], []
+    for status in STATUSES:
+        count, *rest = by_status.get(status, (0, None, None, None, None))
+        counts.append(int(count))
+        figures.append([math.nan if v is None else float(v) for v in rest])
+    values = np.array(figures, dtype=np.float64)
+    frame: dict[str, Any] = {"status": list(STATUSES), "count": np.array(counts, dtype=np.int64)}
+    for i, column in enumerate(("avg_duration_ms", "p50_duration_ms", "p95_duration_ms", "max_duration_ms")):
+        frame[column] = values[:, i]
+    return pd.DataFrame(frame)

@@ -65,8 +65,8 @@ _LIVE_SQL = "status IN ('QUEUED', 'RUNNING')"
 _BUCKET = bucket_sql("duration_ms")
 # ended events per group and duration bucket (an event_key for each live one): the aggregates' first state
 _LOAD_STATS = f"""
-SELECT namespace, function_name, status, CASE WHEN {_LIVE_SQL} THEN event_key END AS live_key, {_BUCKET} AS b,
-       count(*), sum(duration_ms), max(duration_ms)
+SELECT namespace, function_name, status, CASE WHEN {_LIVE_SQL} THEN event_key END AS live_key,
+       {_BUCKET} AS b, count(*), sum(duration_ms), max(duration_ms)
 FROM events WHERE traced GROUP BY ALL"""
 _FUNCTION_COLUMNS = ("namespace", "name", "version", "revision", "code", "handler", "async_run", "trace",
                      "timeout", "concurrency", "qps_limit", "env", "memory_mb", "description", "created_at",
