@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import textwrap
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -55,3 +56,42 @@ def kill_quietly(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+# Handler code that blocks on files the test creates; the deadline keeps a broken test from hanging an instance.
+GATE = textwrap.dedent('''
+    import os, sys, time
+
+    def wait_file(path, limit=60.0):
+        deadline = time.monotonic() + limit
+        while not os.path.exists(path):
+            if time.monotonic() > deadline:
+                raise TimeoutError(path)
+            time.sleep(0.005)
+
+    def touch(path, text=""):
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+''')
+
+
+class Clock:
+    """An injectable wall clock: it moves only when the test says."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(scf: object) -> Iterator[Clock]:
+    """The engine's clock, under the test's control; the real one comes back afterwards (settings stick)."""
+    fake = Clock(float(int(time.time()) - 10 * 24 * 3600))
+    scf_nb.configure(clock=fake)
+    try:
+        yield fake
+    finally:
+        scf_nb.configure(clock=time.time)

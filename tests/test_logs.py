@@ -13,25 +13,8 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import kill_quietly, pid_alive, wait_until
+from conftest import GATE, kill_quietly, pid_alive, wait_until
 from processes import kill_tagged, tagged_env
-
-# Handlers block on files the test creates: a deadline keeps a broken test from hanging an instance.
-GATE = textwrap.dedent('''
-    import os, sys, time
-
-    def wait_file(path, limit=60.0):
-        deadline = time.monotonic() + limit
-        while not os.path.exists(path):
-            if time.monotonic() > deadline:
-                raise TimeoutError(path)
-            time.sleep(0.005)
-
-    def touch(path, text=""):
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
-''')
 
 
 def touch(path: Path) -> None:

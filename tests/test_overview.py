@@ -8,12 +8,11 @@ from __future__ import annotations
 import math
 import random
 import textwrap
-import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-from conftest import wait_until
+from conftest import Clock, wait_until
 from test_stats import assert_figures, sql_overview
 
 WORK = textwrap.dedent('''
@@ -90,24 +89,6 @@ def test_overview_with_since_stays_exact(scf: Any) -> None:
     assert frame.loc["QUEUED", "count"] == 0 and math.isnan(frame.loc["QUEUED", "avg_duration_ms"])
 
 
-class Clock:
-    """An injectable wall clock that moves only when the test says."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(scf: Any) -> Iterator[Clock]:
-    fake = Clock(float(int(time.time()) - 10 * 24 * 3600))
-    scf.configure(clock=fake)
-    try:
-        yield fake
-    finally:
-        scf.configure(clock=time.time)  # settings stick: the real clock for the tests after this one
 
 
 def test_overview_equals_sql_after_a_purge(scf: Any, clock: Clock) -> None:

@@ -11,25 +11,14 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import duckdb
 import pytest
-from conftest import kill_quietly, pid_alive, wait_until
+from conftest import GATE, Clock, kill_quietly, pid_alive, wait_until
 from processes import kill_tagged, read_line, run_script, stop, tagged_env, tagged_processes
 
 import scf_nb
-
-GATE = textwrap.dedent('''
-    import os, time
-
-    def wait_file(path, limit=60.0):
-        deadline = time.monotonic() + limit
-        while not os.path.exists(path):
-            if time.monotonic() > deadline:
-                raise TimeoutError(path)
-            time.sleep(0.005)
-''')
 
 ECHO = textwrap.dedent('''
     def main_handler(event, context):
@@ -47,25 +36,6 @@ BLOCK = GATE + textwrap.dedent('''
 ''')
 
 
-class Clock:
-    """An injectable wall clock: whole seconds the test moves by hand."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(scf: Any) -> Iterator[Clock]:
-    """The engine's clock, under the test's control; the real one comes back afterwards (settings stick)."""
-    fake = Clock(float(int(time.time()) - 10 * 24 * 3600))
-    scf.configure(clock=fake)
-    try:
-        yield fake
-    finally:
-        scf.configure(clock=time.time)
 
 
 def ids(frame: Any) -> list[str]:
