@@ -42,7 +42,7 @@ from .admission import Admission, encode_event
 from .config import Config
 from .errors import ScfError
 from .functions import Function, Registry
-from .instances import BUSY, DYING, IDLE, STARTING, Instance, Outcome, Spawner, at_exit, descendants
+from .instances import BUSY, DYING, IDLE, STARTING, Instance, Outcome, Spawner, at_exit, cancel_at_exit, descendants
 from .logchannel import LineSplitter
 from .records import EventState, make_request_id
 from .status import Status
@@ -201,6 +201,7 @@ class Engine:
         if self._closed:
             return
         self._closed = True
+        cancel_at_exit(self.close)
         self._post(("close",))
         self._thread.join(timeout=15)
         self._spawner.stop()

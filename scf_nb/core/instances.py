@@ -208,13 +208,18 @@ class Spawner:
 
 
 _exit_hooks: list[Callable[[], None]] = []
-_hook_registered = False
 
 
 def at_exit(fn: Callable[[], None]) -> None:
     """Run ``fn`` at interpreter exit before loky's own exit handler, which would otherwise wait forever
     for serve loops that never return."""
     _exit_hooks.append(fn)
+
+
+def cancel_at_exit(fn: Callable[[], None]) -> None:
+    """Forget ``fn`` (a closed engine need not be kept alive until exit)."""
+    if fn in _exit_hooks:
+        _exit_hooks.remove(fn)
 
 
 def _register_exit_hook() -> None:
