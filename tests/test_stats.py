@@ -78,6 +78,16 @@ def test_the_bound_is_about_two_percent_and_reached_only_at_bucket_edges() -> No
     assert stats.summary()["FINISHED"].p50_ms == pytest.approx(32 * (1 + RELATIVE_ERROR), rel=1e-12)
 
 
+def test_a_bucket_with_one_value_gives_it_exactly() -> None:
+    stats = OverviewStats()
+    stats.commit_new(1, "ns", "f", "FAILED", 511.075909)  # one event: its p50 is its duration, not ~2% off
+    for i, d in enumerate([10.0, 1000.0], start=2):
+        stats.commit_new(i, "ns", "f", "FINISHED", d)
+    got = stats.summary()
+    assert got["FAILED"].p50_ms == got["FAILED"].p95_ms == 511.075909
+    assert got["FINISHED"].p50_ms == pytest.approx(505.0) and got["FINISHED"].p95_ms == pytest.approx(950.5)
+
+
 def test_beyond_the_range_an_estimate_is_still_at_most_the_maximum() -> None:
     stats = OverviewStats()
     for i, d in enumerate([MAX_MS * 3, MAX_MS * 5, MAX_MS * 7]):

@@ -82,6 +82,9 @@ class Durations:
     total: float = 0.0
     max: float = -math.inf
     hist: np.ndarray = field(default_factory=lambda: np.zeros(N_BUCKETS, dtype=np.int64))
+    # the sum of the durations in each bucket: a bucket holding one value knows it exactly, so a group of
+    # one event (or of values in distinct buckets) gets exact quantiles
+    sums: np.ndarray = field(default_factory=lambda: np.zeros(N_BUCKETS, dtype=np.float64))
 
     def add(self, ms: float | None) -> None:
         self.count += 1
@@ -92,6 +95,7 @@ class Durations:
         self.total += ms
         self.max = max(self.max, ms)
         self.hist[b] += 1
+        self.sums[b] += ms
 
     def add_rows(self, bucket: int | None, n: int, total: float | None, mx: float | None, sign: int = 1) -> None:
         """``n`` events of one bucket (None: without a duration), with their sum and max; ``sign`` -1 removes
@@ -104,15 +108,18 @@ class Durations:
         if self.timed <= 0:  # no float residue from adding and removing
             self.timed, self.total, self.max = 0, 0.0, -math.inf
             self.hist[:] = 0
+            self.sums[:] = 0.0
             return
         self.total += sign * float(total or 0.0)
+        self.sums[bucket] = 0.0 if self.hist[bucket] <= 0 else self.sums[bucket] + sign * float(total or 0.0)
         if sign > 0 and mx is not None:
             self.max = max(self.max, float(mx))
 
 
-def estimate(hist: np.ndarray, q: float, mx: float) -> float:
+def estimate(hist: np.ndarray, q: float, mx: float, sums: np.ndarray | None = None) -> float:
     """The ``q`` quantile (0..1) of the durations counted in ``hist`` as ``quantile_cont`` interpolates it,
-    at most ``mx``; NaN for an empty histogram."""
+    at most ``mx``; NaN for an empty histogram. With ``sums`` (per bucket), a bucket that holds a single value
+    gives that value instead of the bucket's middle (more values: the middle, which keeps the error bound)."""
     cum = np.cumsum(hist)
     n = int(cum[-1])
     if n <= 0:
@@ -122,6 +129,9 @@ def estimate(hist: np.ndarray, q: float, mx: float) -> float:
     hi = min(lo + 1, n - 1)
     b_lo, b_hi = np.searchsorted(cum, [lo, hi], side="right")
     v_lo, v_hi = float(_VALUE[b_lo]), float(_VALUE[b_hi])
+    if sums is not None:
+        v_lo = float(sums[b_lo]) if hist[b_lo] == 1 else v_lo
+        v_hi = float(sums[b_hi]) if hist[b_hi] == 1 else v_hi
     return min(v_lo + (rank - lo) * (v_hi - v_lo), mx)
 
 
@@ -215,11 +225,14 @@ class OverviewStats:
                 out[status] = Summary(count, nan, nan, nan, nan)
                 continue
             hist = groups[0].hist.copy()
+            sums = groups[0].sums.copy()
             for g in groups[1:]:
                 hist += g.hist
+                sums += g.sums
             mx = max(g.max for g in groups)
             total = math.fsum(g.total for g in groups)
-            out[status] = Summary(count, total / timed, estimate(hist, 0.5, mx), estimate(hist, 0.95, mx), mx)
+            out[status] = Summary(count, total / timed, estimate(hist, 0.5, mx, sums),
+                                  estimate(hist, 0.95, mx, sums), mx)
         return out
 
     def live_keys(self) -> int:
