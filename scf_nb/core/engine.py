@@ -17,7 +17,8 @@
 
 Only this thread changes an event's status (under the store's lock, which also guards the write buffer),
 so a terminal status is final and every reader sees the newest one. The store's writer thread turns the
-buffers into batched DuckDB writes off the invoke path.
+buffers into batched DuckDB writes off the invoke path. The instance plumbing (hello, connection and pipe
+readers, kill and reap) lives in ``instance_io.py``, mixed into ``Engine``.
 """
 
 from __future__ import annotations
@@ -35,27 +36,24 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict, deque
-from multiprocessing.connection import Connection
 from typing import Any
 
 from .admission import Admission, encode_event
 from .config import Config
 from .errors import ScfError
 from .functions import Function, Registry
+from .instance_io import REAPED, InstanceIO
 from .instances import BUSY, DYING, IDLE, STARTING, Instance, Outcome, Spawner, at_exit, cancel_at_exit, descendants
-from .logchannel import LineSplitter
 from .records import EventState, make_request_id
 from .status import Status
 from .store import Store
 
 log = logging.getLogger("scf_nb")
-_REAPED = "reaped"
-_REAP_AFTER_KILL_S = 2.0
 _START_TIMEOUT_S = 60.0
 _PAGE = resource.getpagesize()
 
 
-class Engine:
+class Engine(InstanceIO):
     """Runs events of registered functions in instance processes and records everything in the store.
 
     Args:
@@ -319,7 +317,7 @@ class Engine:
 
     def _cmd_exited(self, inst: Instance) -> None:
         inst.exited = True
-        if inst.state != DYING and inst.state != _REAPED:
+        if inst.state != DYING and inst.state != REAPED:
             self._kill(inst, None)
         self._maybe_reap(inst)
 
@@ -425,135 +423,13 @@ class Engine:
         except (OSError, ValueError):
             self._kill(inst, None)
 
-    # -- instance I/O ------------------------------------------------------------------------------------------
+    # -- wake-up (the instances' sockets, pipes and pidfds are handled in instance_io.py) ---------------------
     def _on_wake(self, fd: int, _: Any) -> None:
         try:
             while os.read(fd, 4096):
                 pass
         except BlockingIOError:
             pass
-
-    def _on_accept(self, fd: int, _: Any) -> None:
-        try:
-            sock, _addr = self._listener.accept()
-        except BlockingIOError:
-            return
-        sock.setblocking(True)
-        sock.settimeout(5.0)
-        try:
-            msg, fds, _flags, _a = socket.recv_fds(sock, 256, 2)
-            token, pid = msg.decode().split()
-        except (OSError, ValueError):
-            sock.close()
-            return
-        sock.settimeout(None)
-        inst = self._by_token.pop(token, None)
-        if inst is None or len(fds) != 2 or inst.state == _REAPED:
-            sock.close()
-            for extra in fds:
-                os.close(extra)
-            return
-        inst.pid = int(pid)
-        inst.conn = Connection(sock.detach())
-        inst.conn_fd = inst.conn.fileno()
-        self._sel.register(inst.conn_fd, selectors.EVENT_READ, (self._on_conn, inst))
-        for pipe_fd, stream in zip(fds, ("stdout", "stderr")):
-            os.set_blocking(pipe_fd, False)
-            inst.streams[pipe_fd] = LineSplitter(stream)
-            self._sel.register(pipe_fd, selectors.EVENT_READ, (self._on_pipe, inst))
-        inst.open_fds = {inst.conn_fd, *fds}
-        try:  # readable the moment the process has exited: no wait for loky to notice
-            inst.pidfd = os.pidfd_open(inst.pid)
-            self._sel.register(inst.pidfd, selectors.EVENT_READ, (self._on_pidfd, inst))
-        except (OSError, AttributeError):
-            inst.pidfd = None
-        self.store.later("INSERT INTO instances VALUES (?, ?, ?)", (inst.pid, inst.pid, os.getpid()))
-        if inst.state == DYING:
-            inst.signal(signal.SIGKILL)
-            return
-        if inst.fn is not None:
-            inst.load()
-        if inst.event is not None:
-            with self.store.lock:
-                inst.event.instance_pid = inst.pid
-                self.store.changed(inst.event)
-            self._send_run(inst)
-        else:
-            inst.state = IDLE
-            inst.idle_since = time.monotonic()
-
-    def _on_conn(self, fd: int, inst: Instance) -> None:
-        try:
-            msg = inst.conn.recv()
-        except (EOFError, OSError):
-            self._close_fd(inst, fd)
-            if inst.state != DYING:
-                self._kill(inst, None)
-            self._maybe_reap(inst)
-            return
-        if msg[0] == "done":
-            if inst.state == DYING:  # being terminated with grace: it stopped, so stop it for good
-                inst.signal(signal.SIGKILL)
-                return
-            inst.done = msg
-            if msg[5]:  # the pipes were drained when it ended: no END markers will come
-                for splitter in inst.streams.values():
-                    self._lines(inst, splitter, splitter.close())  # a last line with no newline is its own
-                    splitter.ended = True
-            self._try_complete(inst)
-
-    def _on_pidfd(self, fd: int, inst: Instance) -> None:
-        self._close_pidfd(inst)
-        self._cmd_exited(inst)
-
-    def _close_pidfd(self, inst: Instance) -> None:
-        fd = inst.pidfd
-        if fd is not None:
-            inst.pidfd = None
-            try:
-                self._sel.unregister(fd)
-            except (KeyError, ValueError):
-                pass
-            os.close(fd)
-
-    def _on_pipe(self, fd: int, inst: Instance) -> None:
-        splitter = inst.streams[fd]
-        try:
-            data = os.read(fd, 1 << 18)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            self._lines(inst, splitter, splitter.feed(data))
-        else:
-            self._lines(inst, splitter, splitter.close())
-            self._close_fd(inst, fd)
-            self._maybe_reap(inst)
-
-    def _lines(self, inst: Instance, splitter: LineSplitter, items: list[str | None]) -> None:
-        ended = None in items
-        lines = [x for x in items if x is not None] if ended else items
-        ev = inst.event or inst.last_event
-        if lines and ev is not None:
-            self.store.add_lines(ev.key, ev.log_seq + 1, self.clock(), splitter.stream, lines)  # type: ignore[arg-type]
-            ev.log_seq += len(lines)
-        if ended:
-            splitter.ended = True
-            self._try_complete(inst)
-
-    def _close_fd(self, inst: Instance, fd: int) -> None:
-        if fd not in inst.open_fds:
-            return
-        inst.open_fds.discard(fd)
-        try:
-            self._sel.unregister(fd)
-        except (KeyError, ValueError):
-            pass
-        if fd == inst.conn_fd:
-            inst.conn.close()
-        else:
-            os.close(fd)
 
     # -- event ends -------------------------------------------------------------------------------------------
     def _try_complete(self, inst: Instance) -> None:
@@ -593,78 +469,12 @@ class Engine:
         if waiter is not None:
             waiter.set()
 
-    def _kill(self, inst: Instance, outcome: Outcome | None, sig: int = signal.SIGKILL,
-              grace: float = 0.0) -> None:
-        """Stop ``inst``'s process group; its event (if any) ends as ``outcome`` once its pipes are read to
-        EOF (or ``outcome`` None: as an unexpected death, with the cause)."""
-        if inst.state == _REAPED:
-            return
-        if inst.outcome is None:
-            inst.outcome = outcome
-        if inst.state != DYING:
-            inst.state = DYING  # it stays in its pool, counting against concurrency, until reaped
-            if inst is self._spare:
-                self._spare = None
-        inst.signal(sig)
-        if sig != signal.SIGKILL:
-            self._schedule(grace, "grace", inst)
-        self._schedule(grace + _REAP_AFTER_KILL_S, "reap", inst)
-        self._need_dispatch = True
-
-    def _forget(self, inst: Instance) -> None:
-        """``inst`` serves no new event: out of its function's pool (or no longer the spare)."""
-        if inst is self._spare:
-            self._spare = None
-        pool = self._pools.get(inst.key) if inst.key is not None else None
-        if pool is not None and inst in pool:
-            pool.remove(inst)
-
-    def _maybe_reap(self, inst: Instance, force: bool = False) -> None:
-        if inst.state == _REAPED or (not force and (inst.open_fds or not inst.exited)):
-            return
-        for fd in list(inst.open_fds):
-            if fd in inst.streams:
-                self._drain(inst, fd)
-            self._close_fd(inst, fd)
-        inst.state = _REAPED
-        self._close_pidfd(inst)
-        self._all.discard(inst)
-        self._by_token.pop(inst.token, None)
-        self._forget(inst)
-        ev, inst.event = inst.event, None
-        if ev is not None and not ev.status.is_terminal:
-            out = inst.outcome
-            if out is None or out.status is None:
-                out = Outcome(Status.FAILED, "InstanceDied", inst.exit_description(), "instance died")
-            self._end(ev, out.status, error_type=out.error_type, error_message=out.error_message,
-                      exit_reason=out.exit_reason)
-        if inst.pid:
-            self.store.later("DELETE FROM instances WHERE pgid = ?", (inst.pid,))
-        self._spawner.dispose(inst)
-        self._need_dispatch = True
-
-    def _drain(self, inst: Instance, fd: int) -> None:
-        splitter = inst.streams[fd]
-        try:
-            while data := os.read(fd, 1 << 18):
-                self._lines(inst, splitter, splitter.feed(data))
-        except OSError:
-            pass
-        self._lines(inst, splitter, splitter.close())
-
     # -- timers -----------------------------------------------------------------------------------------------
     def _timer_timeout(self, ev: EventState) -> None:
         inst = ev.instance
         if ev.status is Status.RUNNING and inst is not None and inst.event is ev and inst.state != DYING:
             t = ev.fn.effective_timeout
             self._kill(inst, Outcome(Status.FAILED, "TimeoutError", f"timed out after {t:g} s", "timeout"))
-
-    def _timer_grace(self, inst: Instance) -> None:
-        if inst.state != _REAPED:
-            inst.signal(signal.SIGKILL)
-
-    def _timer_reap(self, inst: Instance) -> None:
-        self._maybe_reap(inst, force=True)
 
     def _timer_tick(self, _: Any) -> None:
         now = time.monotonic()

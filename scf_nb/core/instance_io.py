@@ -1,0 +1,237 @@
+"""The engine's side of its instances' plumbing: the hello that hands over the pipes, the connection and pipe
+readers, and the end of an instance (kill, then reap once its fds are at EOF and its process is gone).
+
+``InstanceIO`` is one half of :class:`scf_nb.core.engine.Engine`, split out to keep each file readable; it
+runs only on the engine thread and uses the engine's selector, store and dispatch state.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import socket
+import time
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from .instances import DYING, IDLE, Instance, Outcome
+from .logchannel import LineSplitter
+from .status import Status
+
+if TYPE_CHECKING:
+    from .records import EventState
+    from .store import Store
+
+REAPED = "reaped"
+REAP_AFTER_KILL_S = 2.0  # a killed instance is reaped by then even if a grandchild keeps its pipes open
+
+
+class InstanceIO:
+    """Instance I/O and end of life, mixed into the Engine."""
+
+    if TYPE_CHECKING:  # provided by Engine
+        store: Store
+        _sel: selectors.BaseSelector
+        _listener: socket.socket
+        _by_token: dict[str, Instance]
+        _all: set[Instance]
+        _pools: dict[tuple[str, str], list[Instance]]
+        _spare: Instance | None
+        _need_dispatch: bool
+        _spawner: Any
+
+        def clock(self) -> float: ...
+        def _send_run(self, inst: Instance) -> None: ...
+        def _try_complete(self, inst: Instance) -> None: ...
+        def _end(self, ev: EventState, status: Status, **fields: Any) -> None: ...
+        def _cmd_exited(self, inst: Instance) -> None: ...
+        def _schedule(self, delay: float, kind: str, obj: Any) -> None: ...
+
+    def _on_accept(self, fd: int, _: Any) -> None:
+        try:
+            sock, _addr = self._listener.accept()
+        except BlockingIOError:
+            return
+        sock.setblocking(True)
+        sock.settimeout(5.0)
+        try:
+            msg, fds, _flags, _a = socket.recv_fds(sock, 256, 2)
+            token, pid = msg.decode().split()
+        except (OSError, ValueError):
+            sock.close()
+            return
+        sock.settimeout(None)
+        inst = self._by_token.pop(token, None)
+        if inst is None or len(fds) != 2 or inst.state == REAPED:
+            sock.close()
+            for extra in fds:
+                os.close(extra)
+            return
+        inst.pid = int(pid)
+        inst.conn = Connection(sock.detach())
+        inst.conn_fd = inst.conn.fileno()
+        self._sel.register(inst.conn_fd, selectors.EVENT_READ, (self._on_conn, inst))
+        for pipe_fd, stream in zip(fds, ("stdout", "stderr")):
+            os.set_blocking(pipe_fd, False)
+            inst.streams[pipe_fd] = LineSplitter(stream)
+            self._sel.register(pipe_fd, selectors.EVENT_READ, (self._on_pipe, inst))
+        inst.open_fds = {inst.conn_fd, *fds}
+        try:  # readable the moment the process has exited: no wait for loky to notice
+            inst.pidfd = os.pidfd_open(inst.pid)
+            self._sel.register(inst.pidfd, selectors.EVENT_READ, (self._on_pidfd, inst))
+        except (OSError, AttributeError):
+            inst.pidfd = None
+        self.store.later("INSERT INTO instances VALUES (?, ?, ?)", (inst.pid, inst.pid, os.getpid()))
+        if inst.state == DYING:
+            inst.signal(signal.SIGKILL)
+            return
+        if inst.fn is not None:
+            inst.load()
+        if inst.event is not None:
+            with self.store.lock:
+                inst.event.instance_pid = inst.pid
+                self.store.changed(inst.event)
+            self._send_run(inst)
+        else:
+            inst.state = IDLE
+            inst.idle_since = time.monotonic()
+
+    def _on_conn(self, fd: int, inst: Instance) -> None:
+        try:
+            msg = inst.conn.recv()
+        except (EOFError, OSError):
+            self._close_fd(inst, fd)
+            if inst.state != DYING:
+                self._kill(inst, None)
+            self._maybe_reap(inst)
+            return
+        if msg[0] == "done":
+            if inst.state == DYING:  # being terminated with grace: it stopped, so stop it for good
+                inst.signal(signal.SIGKILL)
+                return
+            inst.done = msg
+            if msg[5]:  # the pipes were drained when it ended: no END markers will come
+                for splitter in inst.streams.values():
+                    self._lines(inst, splitter, splitter.close())  # a last line with no newline is its own
+                    splitter.ended = True
+            self._try_complete(inst)
+
+    def _on_pidfd(self, fd: int, inst: Instance) -> None:
+        self._close_pidfd(inst)
+        self._cmd_exited(inst)
+
+    def _close_pidfd(self, inst: Instance) -> None:
+        fd = inst.pidfd
+        if fd is not None:
+            inst.pidfd = None
+            try:
+                self._sel.unregister(fd)
+            except (KeyError, ValueError):
+                pass
+            os.close(fd)
+
+    def _on_pipe(self, fd: int, inst: Instance) -> None:
+        splitter = inst.streams[fd]
+        try:
+            data = os.read(fd, 1 << 18)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._lines(inst, splitter, splitter.feed(data))
+        else:
+            self._lines(inst, splitter, splitter.close())
+            self._close_fd(inst, fd)
+            self._maybe_reap(inst)
+
+    def _lines(self, inst: Instance, splitter: LineSplitter, items: list[str | None]) -> None:
+        ended = None in items
+        lines = [x for x in items if x is not None] if ended else items
+        ev = inst.event or inst.last_event
+        if lines and ev is not None:
+            self.store.add_lines(ev.key, ev.log_seq + 1, self.clock(), splitter.stream, lines)  # type: ignore[arg-type]
+            ev.log_seq += len(lines)
+        if ended:
+            splitter.ended = True
+            self._try_complete(inst)
+
+    def _close_fd(self, inst: Instance, fd: int) -> None:
+        if fd not in inst.open_fds:
+            return
+        inst.open_fds.discard(fd)
+        try:
+            self._sel.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+        if fd == inst.conn_fd:
+            inst.conn.close()
+        else:
+            os.close(fd)
+
+    def _kill(self, inst: Instance, outcome: Outcome | None, sig: int = signal.SIGKILL,
+              grace: float = 0.0) -> None:
+        """Stop ``inst``'s process group; its event (if any) ends as ``outcome`` once its pipes are read to
+        EOF (or ``outcome`` None: as an unexpected death, with the cause)."""
+        if inst.state == REAPED:
+            return
+        if inst.outcome is None:
+            inst.outcome = outcome
+        if inst.state != DYING:
+            inst.state = DYING  # it stays in its pool, counting against concurrency, until reaped
+            if inst is self._spare:
+                self._spare = None
+        inst.signal(sig)
+        if sig != signal.SIGKILL:
+            self._schedule(grace, "grace", inst)
+        self._schedule(grace + REAP_AFTER_KILL_S, "reap", inst)
+        self._need_dispatch = True
+
+    def _forget(self, inst: Instance) -> None:
+        """``inst`` serves no new event: out of its function's pool (or no longer the spare)."""
+        if inst is self._spare:
+            self._spare = None
+        pool = self._pools.get(inst.key) if inst.key is not None else None
+        if pool is not None and inst in pool:
+            pool.remove(inst)
+
+    def _maybe_reap(self, inst: Instance, force: bool = False) -> None:
+        if inst.state == REAPED or (not force and (inst.open_fds or not inst.exited)):
+            return
+        for fd in list(inst.open_fds):
+            if fd in inst.streams:
+                self._drain(inst, fd)
+            self._close_fd(inst, fd)
+        inst.state = REAPED
+        self._close_pidfd(inst)
+        self._all.discard(inst)
+        self._by_token.pop(inst.token, None)
+        self._forget(inst)
+        ev, inst.event = inst.event, None
+        if ev is not None and not ev.status.is_terminal:
+            out = inst.outcome
+            if out is None or out.status is None:
+                out = Outcome(Status.FAILED, "InstanceDied", inst.exit_description(), "instance died")
+            self._end(ev, out.status, error_type=out.error_type, error_message=out.error_message,
+                      exit_reason=out.exit_reason)
+        if inst.pid:
+            self.store.later("DELETE FROM instances WHERE pgid = ?", (inst.pid,))
+        self._spawner.dispose(inst)
+        self._need_dispatch = True
+
+    def _drain(self, inst: Instance, fd: int) -> None:
+        splitter = inst.streams[fd]
+        try:
+            while data := os.read(fd, 1 << 18):
+                self._lines(inst, splitter, splitter.feed(data))
+        except OSError:
+            pass
+        self._lines(inst, splitter, splitter.close())
+
+    def _timer_grace(self, inst: Instance) -> None:
+        if inst.state != REAPED:
+            inst.signal(signal.SIGKILL)
+
+    def _timer_reap(self, inst: Instance) -> None:
+        self._maybe_reap(inst, force=True)
