@@ -45,7 +45,7 @@ from .functions import Function, Registry
 from .instance_io import REAPED, InstanceIO
 from .instances import BUSY, DYING, IDLE, STARTING, Instance, Outcome, Spawner, at_exit, cancel_at_exit, descendants
 from .records import EventState, make_request_id
-from .status import Status
+from .status import Status, can_move
 from .store import Store
 
 log = logging.getLogger("scf_nb")
@@ -178,13 +178,6 @@ class Engine(InstanceIO):
                 waiter = self._waiters[ev.request_id] = threading.Event()
         waiter.wait(timeout)
         return ev.status
-
-    def instances(self) -> list[dict[str, Any]]:
-        """A snapshot of the instances: function, revision, state, pid, the event it serves."""
-        return [{"function_name": i.fn.name if i.fn else None, "namespace": i.fn.namespace if i.fn else None,
-                 "revision": i.revision,
-                 "state": i.state, "pid": i.pid, "request_id": i.event.request_id if i.event else None}
-                for i in list(self._all)]
 
     def purge(self) -> int:
         """Apply the retention window now: delete ended events (and logs) older than ``retention_hours``."""
@@ -460,7 +453,7 @@ class Engine(InstanceIO):
 
     def _end(self, ev: EventState, status: Status, **fields: Any) -> None:
         with self.store.lock:
-            if ev.status.is_terminal:
+            if not can_move(ev.status, status):  # a terminal status is final
                 return
             ev.end(status, self.clock(), **fields)
             ev.instance = None

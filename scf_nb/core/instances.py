@@ -57,7 +57,6 @@ class Instance:
         self.exited = False
         self.idle_since = 0.0
         self.started_at = 0.0
-        self.kill_at = 0.0
 
     @property
     def key(self) -> tuple[str, str] | None:
