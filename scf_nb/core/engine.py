@@ -412,7 +412,7 @@ class Engine(InstanceIO):
         context = {"function_name": fn.name, "namespace": fn.namespace, "qualifier": ev.qualifier,
                    "function_version": fn.version, "memory_limit_in_mb": fn.memory_mb}
         try:
-            inst.conn.send(("run", ev.request_id, ev.payload, context, fn.effective_timeout))
+            inst.send(("run", ev.request_id, ev.payload, context, fn.effective_timeout))
         except (OSError, ValueError):
             self._kill(inst, None)
 

@@ -12,9 +12,9 @@ import selectors
 import signal
 import socket
 import time
-from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from . import wire
 from .instances import DYING, IDLE, Instance, Outcome
 from .logchannel import LineSplitter
 from .status import Status
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from .store import Store
 
 REAPED = "reaped"
+_RECV_BYTES = 1 << 16
+_BY_SIGNAL = {getattr(os, "CLD_KILLED", 2), getattr(os, "CLD_DUMPED", 3)}
 REAP_AFTER_KILL_S = 2.0  # a killed instance is reaped by then even if a grandchild keeps its pipes open
 
 
@@ -69,8 +71,9 @@ class InstanceIO:
                 os.close(extra)
             return
         inst.pid = int(pid)
-        inst.conn = Connection(sock.detach())
-        inst.conn_fd = inst.conn.fileno()
+        inst.conn = sock
+        inst.reader = wire.Reader()
+        inst.conn_fd = sock.fileno()
         self._sel.register(inst.conn_fd, selectors.EVENT_READ, (self._on_conn, inst))
         for pipe_fd, stream in zip(fds, ("stdout", "stderr")):
             os.set_blocking(pipe_fd, False)
@@ -99,25 +102,39 @@ class InstanceIO:
 
     def _on_conn(self, fd: int, inst: Instance) -> None:
         try:
-            msg = inst.conn.recv()
-        except (EOFError, OSError):
+            data = inst.conn.recv(_RECV_BYTES, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
             self._close_fd(inst, fd)
             if inst.state != DYING:
                 self._kill(inst, None)
             self._maybe_reap(inst)
             return
-        if msg[0] == "done":
-            if inst.state == DYING:  # being terminated with grace: it stopped, so stop it for good
-                inst.signal(signal.SIGKILL)
-                return
-            inst.done = msg
-            if msg[5]:  # the pipes were drained when it ended: no END markers will come
-                for splitter in inst.streams.values():
-                    self._lines(inst, splitter, splitter.close())  # a last line with no newline is its own
-                    splitter.ended = True
-            self._try_complete(inst)
+        for msg in inst.reader.feed(data):
+            if msg[0] == "done":
+                self._on_done(inst, msg)
+
+    def _on_done(self, inst: Instance, msg: tuple[Any, ...]) -> None:
+        if inst.state == DYING:  # being terminated with grace: it stopped, so stop it for good
+            inst.signal(signal.SIGKILL)
+            return
+        inst.done = msg
+        if msg[5]:  # the pipes were drained when it ended: no END markers will come
+            for splitter in inst.streams.values():
+                self._lines(inst, splitter, splitter.close())  # a last line with no newline is its own
+                splitter.ended = True
+        self._try_complete(inst)
 
     def _on_pidfd(self, fd: int, inst: Instance) -> None:
+        try:  # how it ended, read now without reaping it (loky does that), so the cause is never a guess
+            info = os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            if info is not None:
+                inst.exitcode = -info.si_status if info.si_code in _BY_SIGNAL else info.si_status
+        except (OSError, AttributeError):
+            pass
         self._close_pidfd(inst)
         self._cmd_exited(inst)
 

@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from . import wire
 from .functions import Function
 from .logchannel import LineSplitter
 from .records import EventState
@@ -44,7 +45,8 @@ class Instance:
         self.state = STARTING
         self.executor: Any = None
         self.process: Any = None
-        self.conn: Any = None
+        self.conn: Any = None  # a socket.socket, once the instance has said hello
+        self.reader: Any = None
         self.conn_fd = -1
         self.pidfd: int | None = None
         self.pid: int | None = None
@@ -55,6 +57,7 @@ class Instance:
         self.done: tuple[Any, ...] | None = None
         self.outcome: Outcome | None = None  # set when the engine kills it (or finds it dead)
         self.exited = False
+        self.exitcode: int | None = None  # as the pidfd told, when it did
         self.idle_since = 0.0
         self.started_at = 0.0
 
@@ -70,7 +73,10 @@ class Instance:
         """Send the function's code and environment (a spare learns here which function it serves)."""
         fn = self.fn
         assert fn is not None and self.conn is not None
-        self.conn.send(("load", {"name": fn.name, "code": fn.code, "handler": fn.handler, "env": dict(fn.env)}))
+        self.send(("load", {"name": fn.name, "code": fn.code, "handler": fn.handler, "env": dict(fn.env)}))
+
+    def send(self, msg: tuple[Any, ...]) -> None:
+        self.conn.sendall(wire.frame(msg))
 
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the instance, its process group and every descendant, including children that
@@ -92,8 +98,8 @@ class Instance:
                 pass
 
     def exit_description(self) -> str:
-        code = None
-        if self.process is not None:
+        code = self.exitcode
+        if code is None and self.process is not None:
             self.process.join(timeout=0.5)
             code = self.process.exitcode
         if code is None:
