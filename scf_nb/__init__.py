@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 _API = {
     "configure", "client", "shutdown", "create_function", "publish_version", "get_function", "list_functions",
-    "delete_function", "invoke", "get_event", "get_event_status", "list_events", "overview", "terminate",
+    "delete_function", "invoke", "wait", "get_event", "get_event_status", "list_events", "overview", "terminate",
     "logs", "search_logs", "export", "purge",
 }
 _TYPES = {"Event": ".core.events", "Function": ".core.functions", "Client": ".core.client",

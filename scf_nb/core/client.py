@@ -7,7 +7,7 @@ import json
 import operator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import pandas as pd
 
@@ -25,6 +25,13 @@ EVENT_LIST_COLUMNS = ("request_id", "function_name", "namespace", "qualifier", "
                       "error_type", "error_message", "exit_reason")
 _INFO_COLUMNS = EVENT_LIST_COLUMNS[:7] + ("run_time",) + EVENT_LIST_COLUMNS[7:] + ("error_traceback", "result",
                                                                                    "traced", "instance_pid")
+
+
+class WaitResult(NamedTuple):
+    """What ``wait`` returns: the events that have ended and those that have not (each in the order given)."""
+
+    done: list[Event]
+    not_done: list[Event]
 
 
 class Client:
@@ -112,6 +119,24 @@ class Client:
         if ev is not None:
             return self.engine.wait(ev, timeout).value
         return self._status(request_id)
+
+    def wait(self, events: Iterable[Event | str], *, timeout: float | None = None) -> WaitResult:
+        """Block until all ``events`` (Event handles or RequestIds) have ended, or ``timeout`` seconds passed:
+        one wait for many, as ``concurrent.futures.wait``.
+
+        Returns:
+            ``(done, not_done)``: the handles, each list in the order given.
+
+        Raises:
+            ScfError: ``ResourceNotFound.AsyncEvent`` for a RequestId that names no event.
+        """
+        handles = [e if isinstance(e, Event) else self.get_event(e) for e in events]
+        live = [(h, self.engine.live(h.request_id)) for h in handles]
+        self.engine.wait_all([ev for _, ev in live if ev is not None], timeout)
+        done, not_done = [], []
+        for h, ev in live:  # one that is not live has ended (it is on disk in its final state)
+            (not_done if ev is not None and not ev.status.is_terminal else done).append(h)
+        return WaitResult(done, not_done)
 
     def event_result(self, request_id: str, timeout: float | None = None) -> Any:
         status = self.wait_event(request_id, timeout)

@@ -23,12 +23,12 @@ readers, kill and reap) lives in ``instance_io.py``, mixed into ``Engine``.
 
 from __future__ import annotations
 
+import _thread
 import heapq
 import itertools
 import logging
 import os
 import resource
-import selectors
 import shutil
 import signal
 import socket
@@ -42,7 +42,7 @@ from .admission import Admission, encode_event
 from .config import Config
 from .errors import ScfError
 from .functions import Function, Registry
-from .instance_io import REAPED, InstanceIO
+from .instance_io import REAPED, InstanceIO, Poller
 from .instances import BUSY, DYING, IDLE, STARTING, Instance, Outcome, Spawner, at_exit, cancel_at_exit, descendants
 from .records import EventState, make_request_id
 from .status import Status, can_move
@@ -51,6 +51,7 @@ from .store import Store
 log = logging.getLogger("scf_nb")
 _START_TIMEOUT_S = 60.0
 _PAGE = resource.getpagesize()
+_CPUS = os.cpu_count() or 1  # the default concurrency (os.cpu_count() reads a file each call)
 
 
 class Engine(InstanceIO):
@@ -68,7 +69,8 @@ class Engine(InstanceIO):
         self.clock = config.clock
         self._live: dict[str, EventState] = {}
         self._recent: OrderedDict[str, EventState] = OrderedDict()  # ended, on disk, still cheap to read
-        self._waiters: dict[str, threading.Event] = {}
+        self._waiters: dict[str, list[_Countdown]] = {}  # threads waiting for an event to end
+        self._to_wake: list[Any] = []  # their locks, released at the end of this turn of the loop
         self._queues: dict[tuple[str, str], deque[EventState]] = {}
         self._pools: dict[tuple[str, str], list[Instance]] = {}  # instances not dying, per function
         self._all: set[Instance] = set()
@@ -92,9 +94,9 @@ class Engine(InstanceIO):
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._sel = selectors.DefaultSelector()
-        self._sel.register(self._listener, selectors.EVENT_READ, (self._on_accept, None))
-        self._sel.register(self._wake_r, selectors.EVENT_READ, (self._on_wake, None))
+        self._sel = Poller()
+        self._sel.register(self._listener, (self._on_accept, None))
+        self._sel.register(self._wake_r, (self._on_wake, None))
         self._spawner = Spawner(lambda inst: self._post(("exited", inst)))
         self._spare: Instance | None = None
         self._ensure_spare()  # its process starts while the store opens
@@ -170,14 +172,19 @@ class Engine(InstanceIO):
         self._post(("terminate", ev, grace))
 
     def wait(self, ev: EventState, timeout: float | None) -> Status:
-        with self.store.lock:
-            if ev.status.is_terminal:
-                return ev.status
-            waiter = self._waiters.get(ev.request_id)
-            if waiter is None:
-                waiter = self._waiters[ev.request_id] = threading.Event()
-        waiter.wait(timeout)
+        self.wait_all([ev], timeout)
         return ev.status
+
+    def wait_all(self, events: list[EventState], timeout: float | None) -> bool:
+        """Block until every one of ``events`` has ended (True) or ``timeout`` seconds passed (False)."""
+        with self.store.lock:
+            pending = [ev for ev in events if not ev.status.is_terminal]
+            if not pending:
+                return True
+            waiter = _Countdown(len(pending))
+            for ev in pending:
+                self._waiters.setdefault(ev.request_id, []).append(waiter)
+        return waiter.lock.acquire(timeout=-1 if timeout is None else min(max(0.0, timeout), threading.TIMEOUT_MAX))
 
     def purge(self) -> int:
         """Apply the retention window now: delete ended events (and logs) older than ``retention_hours``."""
@@ -261,6 +268,10 @@ class Engine(InstanceIO):
         if self._need_dispatch:  # capacity was freed somewhere: never dispatch re-entrantly
             self._need_dispatch = False
             self._dispatch_waiting()
+        if self._to_wake:  # once per turn, when this thread is about to wait: no fight for the GIL with them
+            to_wake, self._to_wake = self._to_wake, []
+            for waiter in to_wake:
+                waiter.release()
         if self._closing and not self._all:
             return True
         self._sleeping = True
@@ -269,9 +280,10 @@ class Engine(InstanceIO):
             return False
         ready = self._sel.select(timeout)
         self._sleeping = False
-        for key, _ in ready:
-            handler, obj = key.data
-            handler(key.fd, obj)
+        current = self._sel.data
+        for fd, item in ready:
+            if current.get(fd) is item:  # not unregistered (or its number reused) by an earlier handler
+                item[0](fd, item[1])
         return False
 
     def _schedule(self, delay: float, kind: str, obj: Any) -> None:
@@ -288,7 +300,11 @@ class Engine(InstanceIO):
     def _cmd_invoke(self, ev: EventState) -> None:
         if ev.status.is_terminal:  # terminated before we got here
             return
-        self._queues.setdefault(ev.fn.key, deque()).append(ev)
+        queue = self._queues.get(ev.fn.key)
+        if queue:  # others wait ahead of it: nothing is free for it either (they would have had it)
+            queue.append(ev)
+            return
+        self._queues[ev.fn.key] = deque((ev,))
         self._dispatch(ev.fn.key)
 
     def _cmd_terminate(self, ev: EventState, grace: bool) -> None:
@@ -355,7 +371,7 @@ class Engine(InstanceIO):
                 if inst.revision == fn.revision:
                     return inst
                 stale = inst
-        concurrency = fn.concurrency or os.cpu_count() or 1
+        concurrency = fn.concurrency or _CPUS
         if len(pool) >= concurrency:
             if stale is not None:
                 self._kill(stale, None)  # make room; the event goes once it is reaped (milliseconds)
@@ -400,7 +416,10 @@ class Engine(InstanceIO):
             self.store.changed(ev)
         ev.instance = inst
         inst.event = ev
-        self._schedule(ev.fn.effective_timeout, "timeout", ev)
+        inst.deadline = time.monotonic() + ev.fn.effective_timeout
+        if not inst.deadline_armed:  # at most one timer per instance, not one per event (held for hours)
+            inst.deadline_armed = True
+            self._schedule(ev.fn.effective_timeout, "deadline", inst)
         if inst.state == IDLE:
             self._send_run(inst)
 
@@ -441,8 +460,9 @@ class Engine(InstanceIO):
                       exit_reason="returned")
             inst.state = IDLE
             inst.idle_since = time.monotonic()
-            self._dispatch(inst.key)
-            self._need_dispatch = bool(self._queues)
+            self._dispatch(ev.fn.key)
+            if inst.state == IDLE and self._queues:  # another function may want the room it takes
+                self._need_dispatch = True
         else:
             if payload is None:  # SIGTERM that the engine did not send (someone ran `kill`)
                 payload = {"type": "Terminated", "message": "the instance received SIGTERM", "traceback": ""}
@@ -458,16 +478,27 @@ class Engine(InstanceIO):
             ev.end(status, self.clock(), **fields)
             ev.instance = None
             self.store.changed(ev)
-            waiter = self._waiters.pop(ev.request_id, None)
-        if waiter is not None:
-            waiter.set()
+            waiters = self._waiters.pop(ev.request_id, None)
+        if waiters is not None:
+            for waiter in waiters:
+                waiter.left -= 1
+                if not waiter.left:
+                    self._to_wake.append(waiter.lock)
 
     # -- timers -----------------------------------------------------------------------------------------------
-    def _timer_timeout(self, ev: EventState) -> None:
-        inst = ev.instance
-        if ev.status is Status.RUNNING and inst is not None and inst.event is ev and inst.state != DYING:
-            t = ev.fn.effective_timeout
-            self._kill(inst, Outcome(Status.FAILED, "TimeoutError", f"timed out after {t:g} s", "timeout"))
+    def _timer_deadline(self, inst: Instance) -> None:
+        """The timeout of the event ``inst`` runs, if it has come; else wait for that event's deadline."""
+        inst.deadline_armed = False
+        ev = inst.event
+        if ev is None or ev.status is not Status.RUNNING or inst.state == DYING or inst.state == REAPED:
+            return
+        left = inst.deadline - time.monotonic()
+        if left > 0.001:
+            inst.deadline_armed = True
+            self._schedule(left, "deadline", inst)
+            return
+        t = ev.fn.effective_timeout
+        self._kill(inst, Outcome(Status.FAILED, "TimeoutError", f"timed out after {t:g} s", "timeout"))
 
     def _timer_tick(self, _: Any) -> None:
         now = time.monotonic()
@@ -490,6 +521,18 @@ class Engine(InstanceIO):
                         f"memory limit exceeded: {used / 2**20:.0f} MB used, memory_mb={inst.fn.memory_mb}",
                         "memory limit"))
         self._schedule(0.1 if limited else 0.5, "tick", None)
+
+
+class _Countdown:
+    """What a waiting thread blocks on: a held lock, released once ``left`` events have ended (a bare lock is
+    one futex; a ``threading.Event`` adds a Condition and a lock per wait)."""
+
+    __slots__ = ("left", "lock")
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+        self.lock = _thread.allocate_lock()
+        self.lock.acquire()
 
 
 def _make_wake() -> Any:

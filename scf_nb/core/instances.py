@@ -59,6 +59,8 @@ class Instance:
         self.exited = False
         self.exitcode: int | None = None  # as the pidfd told, when it did
         self.idle_since = 0.0
+        self.deadline = 0.0  # time.monotonic() by which its event must end
+        self.deadline_armed = False  # a "deadline" timer is pending for it
         self.started_at = 0.0
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import time
 from typing import Any
 
 from .status import Status
@@ -56,7 +57,7 @@ class EventState:
         "key", "request_id", "function_name", "namespace", "qualifier", "invoke_type", "status", "traced",
         "start_time", "run_time", "end_time", "duration_ms", "billed_duration_ms", "mem_usage_bytes", "result",
         "error_type", "error_message", "error_traceback", "exit_reason", "payload", "instance_pid",
-        "fn", "log_seq", "inserted", "instance",
+        "fn", "log_seq", "inserted", "instance", "accepted",
     )
 
     def __init__(self, key: int, request_id: str, fn: Any, qualifier: str, payload: str, now: float) -> None:
@@ -78,6 +79,7 @@ class EventState:
         self.log_seq = 0
         self.inserted = False
         self.instance = None
+        self.accepted = time.monotonic()
 
     def row(self) -> tuple[Any, ...]:
         return (

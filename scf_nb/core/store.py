@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS functions (
 CREATE TABLE IF NOT EXISTS instances (pgid BIGINT, pid BIGINT, engine_pid BIGINT);
 """
 PURGE_EVERY_S = 60.0
+HOLD_S = 0.5  # see Store.sync
 log = logging.getLogger("scf_nb")
 _TIMES = ("start_time", "run_time", "end_time")
 _INSERT_EVENTS = "INSERT INTO events SELECT " + ", ".join(
@@ -161,7 +162,7 @@ class Store:
         next_purge = 0.0
         while not self._stop.wait(interval):
             try:
-                self.sync()
+                self.sync(hold=HOLD_S)
                 if time.monotonic() >= next_purge:
                     next_purge = time.monotonic() + PURGE_EVERY_S
                     self.purge(retention_cutoff())
@@ -169,13 +170,26 @@ class Store:
                 self.write_errors += 1
                 log.exception("scf_nb store writer error")
 
-    def sync(self) -> None:
-        """Write everything buffered so far; afterwards any read sees it."""
+    def sync(self, hold: float = 0.0) -> None:
+        """Write everything buffered so far; afterwards any read sees it.
+
+        Args:
+            hold: keep back new events that are still QUEUED or RUNNING and were accepted less than ``hold``
+                seconds ago (the writer's batches): most short events then reach the file once, in their
+                final state, instead of as an INSERT and an UPDATE (an UPDATE costs DuckDB ~7 us a row).
+        """
         with self._flush_lock:
             with self.lock:
                 if not (self._new or self._changed or self._log_cols[0] or self._sql_ops):
                     return
                 new, self._new = self._new, []
+                if hold > 0:
+                    cutoff = time.monotonic() - hold
+                    self._new = [ev for ev in new if ev.status not in TERMINAL and ev.accepted > cutoff]
+                    if self._new:
+                        new = [ev for ev in new if ev.status in TERMINAL or ev.accepted <= cutoff]
+                        if not (new or self._changed or self._log_cols[0] or self._sql_ops):
+                            return
                 changed, self._changed = self._changed, {}
                 logs, self._log_cols = self._log_cols, ([], [], [], [], [])
                 ops, self._sql_ops = self._sql_ops, []

@@ -54,3 +54,5 @@ class Reader:
     def pending(self) -> int:
         """Bytes of a message not complete yet."""
         return len(self._buf)
+
+
