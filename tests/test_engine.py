@@ -314,3 +314,36 @@ def test_exception_that_cannot_be_printed_is_still_reported(scf: Any) -> None:
     assert err.value.error_type == "Weird"
     assert "SIGKILL" not in err.value.error_message
     assert "raise Weird()" in err.value.traceback
+
+
+# -- timeouts and timers ------------------------------------------------------------------------------------------
+def test_timeout_counts_from_each_events_own_start_on_a_warm_instance(scf: Any) -> None:
+    # One timer per instance, re-armed for the event it runs: the second event must get its full second, not
+    # what was left of the first one's.
+    scf.create_function("paced", WORKER, async_run=True, concurrency=1, timeout=1)
+    first = scf.invoke("paced", {"n": 1, "sleep": 0.6})
+    second = scf.invoke("paced", {"n": 2, "sleep": 30})
+    assert first.wait(timeout=30) == "FINISHED"
+    with pytest.raises(scf.FunctionError) as err:
+        second.result(timeout=30)
+    assert "timed out after 1 s" in err.value.error_message
+    assert second.info()["duration_ms"] >= 900
+    assert first.info()["instance_pid"] == second.info()["instance_pid"]  # same warm instance
+
+
+def test_ended_events_leave_no_timer_behind(scf: Any) -> None:
+    # A timer per event would keep every event (and its payload) in memory for its whole timeout (24 h).
+    scf.create_function("brief", "def main_handler(event, context):\n    return event\n", async_run=True,
+                        concurrency=2)
+    done, _ = scf.wait([scf.invoke("brief", {"i": i, "pad": "x" * 1000}) for i in range(300)], timeout=60)
+    assert len(done) == 300
+    engine = scf.client().engine
+    assert len(engine._timers) <= 2 + 1  # at most one per instance, plus the engine's tick
+
+
+def test_short_events_report_resident_memory(scf: Any) -> None:
+    scf.create_function("tiny", "def main_handler(event, context):\n    return 1\n", async_run=True)
+    ev = scf.invoke("tiny")
+    ev.wait(timeout=30)
+    info = ev.info()
+    assert info["duration_ms"] < 1000 and info["mem_usage_bytes"] > 1_000_000  # a Python process: MBs

@@ -259,3 +259,51 @@ def test_info_has_times_durations_and_memory(scf: Any) -> None:
     assert info["error"] is None
     row = scf.list_events("measured").iloc[0]
     assert row["status"] == "FINISHED" and row["duration_ms"] == pytest.approx(info["duration_ms"])
+
+
+# -- one wait for many events -------------------------------------------------------------------------------------
+def test_wait_returns_done_and_not_done_in_the_order_given(scf: Any, tmp_path: Path) -> None:
+    scf.create_function("many", WORKER, async_run=True, concurrency=2)
+    gate = tmp_path / "gate"
+    quick = [scf.invoke("many", {"n": i}) for i in range(6)]
+    held = scf.invoke("many", {"n": 99, "gate": str(gate)})
+    evs = [*quick[:3], held, *quick[3:]]
+
+    done, not_done = scf.wait(evs, timeout=0.3)  # the held one cannot end before the gate opens
+    assert not_done == [held] and done == quick
+    assert all(ev.status == "FINISHED" for ev in done)
+
+    gate.touch()
+    done, not_done = scf.wait([ev.request_id for ev in evs])  # RequestIds work too
+    assert not not_done and [ev.request_id for ev in done] == [ev.request_id for ev in evs]
+    assert held.status == "FINISHED" and held.result()["n"] == 99
+    assert scf.wait([]) == ([], [])
+
+
+def test_wait_sees_terminated_events_end_and_refuses_unknown_ids(scf: Any, tmp_path: Path) -> None:
+    scf.create_function("stoppable", WORKER, async_run=True, concurrency=1)
+    running = scf.invoke("stoppable", {"n": 1, "gate": str(tmp_path / "never")})
+    queued = scf.invoke("stoppable", {"n": 2})
+    wait_line(running, "running 1")
+    waiter_result: list[Any] = []
+    import threading
+
+    t = threading.Thread(target=lambda: waiter_result.append(scf.wait([running, queued], timeout=60)))
+    t.start()
+    running.terminate()
+    t.join(timeout=60)
+    done, not_done = waiter_result[0]
+    assert not not_done and [ev.status for ev in done] == ["ABORTED", "FINISHED"]
+
+    with pytest.raises(scf.ScfError) as e:
+        scf.wait([running, "00000000-0000-4000-8000-000000000000"])
+    assert e.value.code == "ResourceNotFound.AsyncEvent"
+
+
+def test_wait_on_events_of_an_earlier_engine(scf: Any) -> None:
+    scf.create_function("kept", WORKER, async_run=True)
+    ids = [scf.invoke("kept", {"n": i}).request_id for i in range(3)]
+    scf.wait(ids)
+    scf.shutdown()  # the next call starts a new engine on the same store, as after a kernel restart
+    done, not_done = scf.wait(ids, timeout=5)
+    assert not not_done and [ev.status for ev in done] == ["FINISHED"] * 3

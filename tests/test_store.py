@@ -550,3 +550,25 @@ def test_export_writes_parquet_readable_by_duckdb(scf: Any, tmp_path: Path) -> N
         assert db.execute(f"SELECT count(*) FROM read_parquet('{folder / 'events.parquet'}')").fetchone() == (5,)
     finally:
         db.close()
+
+
+def test_a_running_event_reaches_the_file_without_any_read(scf: Any, tmp_path: Path) -> None:
+    # The writer holds back new events for a moment (a short one is then written once, ended), but one that
+    # runs on must be in the file soon, even if nothing reads: a crash loses at most that moment.
+    from scf_nb.core.store import HOLD_S
+
+    scf.create_function("long", GATE + "\ndef main_handler(event, context):\n    wait_file(event['gate'])\n",
+                        async_run=True)
+    ev = scf.invoke("long", {"gate": str(tmp_path / "gate")})
+    store = scf.client().engine.store
+    t0 = time.monotonic()
+
+    def on_disk() -> bool:  # read the table directly, without the sync a read through the API does
+        with store._flush_lock:
+            return bool(store.cursor().execute("SELECT count(*) FROM events WHERE request_id = ?",
+                                               [ev.request_id]).fetchone()[0])
+
+    wait_until(on_disk, timeout=HOLD_S + 10, what="the running event's row in the file")
+    assert time.monotonic() - t0 < HOLD_S + 5
+    (tmp_path / "gate").touch()
+    assert ev.wait(timeout=30) == "FINISHED"

@@ -117,7 +117,8 @@ class Client:
     def wait_event(self, request_id: str, timeout: float | None = None) -> str:
         ev = self.engine.live(request_id)
         if ev is not None:
-            return self.engine.wait(ev, timeout).value
+            status = ev.status
+            return (status if status.is_terminal else self.engine.wait(ev, timeout)).value
         return self._status(request_id)
 
     def wait(self, events: Iterable[Event | str], *, timeout: float | None = None) -> WaitResult:

@@ -39,6 +39,7 @@ from collections import OrderedDict, deque
 from typing import Any
 
 from .admission import Admission, encode_event
+from .ahead import Slots, slot_path
 from .config import Config
 from .errors import ScfError
 from .functions import Function, Registry
@@ -51,6 +52,7 @@ from .store import Store
 log = logging.getLogger("scf_nb")
 _START_TIMEOUT_S = 60.0
 _PAGE = resource.getpagesize()
+AHEAD = 4  # events sent ahead to each busy instance at most (see ahead.py)
 _CPUS = os.cpu_count() or 1  # the default concurrency (os.cpu_count() reads a file each call)
 
 
@@ -311,6 +313,11 @@ class Engine(InstanceIO):
         if ev.status.is_terminal:
             return
         inst = ev.instance
+        if inst is not None and inst.ahead:
+            self._settle(inst)  # which event is running there, exactly, before anything is killed
+            if ev.status.is_terminal:  # it returned just before: nothing to stop
+                return
+            inst = ev.instance
         if ev.status is Status.QUEUED or inst is None:
             queue = self._queues.get(ev.fn.key)
             if queue is not None and ev in queue:
@@ -337,14 +344,14 @@ class Engine(InstanceIO):
 
     def _cmd_close(self) -> None:
         self._closing = True
+        for inst in list(self._all):  # first: an event sent ahead and not started goes back to its queue
+            self._kill(inst, Outcome(Status.FAILED, "EngineStopped", "the engine stopped while the event ran",
+                                     "engine stopped"))
         for queue in self._queues.values():
             for ev in queue:
                 self._end(ev, Status.FAILED, duration_ms=0.0, error_type="EngineStopped",
                           error_message="the engine stopped before the event ran", exit_reason="engine stopped")
         self._queues.clear()
-        for inst in list(self._all):
-            self._kill(inst, Outcome(Status.FAILED, "EngineStopped", "the engine stopped while the event ran",
-                                     "engine stopped"))
 
     # -- dispatch ---------------------------------------------------------------------------------------------
     def _dispatch(self, key: tuple[str, str]) -> None:
@@ -354,6 +361,8 @@ class Engine(InstanceIO):
             if inst is None:
                 break
             self._assign(inst, queue.popleft())
+        if queue and not self._closing:
+            self._fill_ahead(queue)
         if not queue:
             self._queues.pop(key, None)
 
@@ -409,6 +418,12 @@ class Engine(InstanceIO):
             self._spare = self._spawn(None)
 
     def _assign(self, inst: Instance, ev: EventState) -> None:
+        self._begin(inst, ev)
+        if inst.state == IDLE:
+            self._send_run(inst)
+
+    def _begin(self, inst: Instance, ev: EventState) -> None:
+        """``ev`` is RUNNING on ``inst`` from now."""
         with self.store.lock:
             ev.status = Status.RUNNING
             ev.run_time = self.clock()
@@ -420,20 +435,75 @@ class Engine(InstanceIO):
         if not inst.deadline_armed:  # at most one timer per instance, not one per event (held for hours)
             inst.deadline_armed = True
             self._schedule(ev.fn.effective_timeout, "deadline", inst)
-        if inst.state == IDLE:
-            self._send_run(inst)
 
     def _send_run(self, inst: Instance) -> None:
         ev = inst.event
         assert ev is not None
         inst.state = BUSY
-        fn = ev.fn
-        context = {"function_name": fn.name, "namespace": fn.namespace, "qualifier": ev.qualifier,
-                   "function_version": fn.version, "memory_limit_in_mb": fn.memory_mb}
-        try:
-            inst.send(("run", ev.request_id, ev.payload, context, fn.effective_timeout))
+        try:  # the function's name, settings and timeout came with "load" (an instance serves one revision)
+            inst.send(("run", ev.request_id, ev.payload, ev.qualifier, ev.fn.version, None))
         except (OSError, ValueError):
             self._kill(inst, None)
+
+    # -- events sent ahead (see ahead.py) ----------------------------------------------------------------------
+    def _fill_ahead(self, queue: deque[EventState]) -> None:
+        """Every instance is busy: send the FIFO's next events ahead, up to ``AHEAD`` to each busy instance."""
+        for inst in self._pools.get(queue[0].fn.key, ()):
+            while (queue and len(inst.ahead) < AHEAD and inst.state == BUSY and inst.event is not None
+                   and inst.conn is not None and inst.revision == queue[0].fn.revision):
+                ev = queue.popleft()
+                if not self._send_ahead(inst, ev):
+                    queue.appendleft(ev)
+                    break
+            if not queue:
+                return
+
+    def _send_ahead(self, inst: Instance, ev: EventState) -> bool:
+        if inst.slots is None:
+            inst.slots = Slots(slot_path(self._address, inst.token))
+        seq = inst.ahead_seq + 1
+        if not inst.slots.reserve(seq):
+            return False
+        inst.ahead_seq = seq
+        inst.ahead.append((ev, seq))
+        ev.instance = inst
+        try:
+            inst.send(("run", ev.request_id, ev.payload, ev.qualifier, ev.fn.version, seq))
+        except (OSError, ValueError):
+            self._kill(inst, None)  # takes it back first (it cannot have started)
+        return True
+
+    def _settle(self, inst: Instance) -> None:
+        """Make the engine's view of ``inst`` exact before a kill: take back the events sent ahead, newest
+        first (the worker takes them in order, so once one has started every one before it has); the ones
+        taken back go to the front of the FIFO. If one has started, the "done" of each before it is readable
+        now (sent before it started): read them, which makes it the current event."""
+        back: list[EventState] = []
+        while inst.ahead and inst.slots.revoke(inst.ahead[-1][1]):
+            ev, _seq = inst.ahead.pop()
+            ev.instance = None
+            back.append(ev)
+        if back:
+            self._queues.setdefault(back[0].fn.key, deque()).extendleft(back)  # newest first: order kept
+            self._need_dispatch = True
+        for _ in range(10_000):
+            if not inst.ahead:
+                return
+            progress = inst.conn_fd in inst.open_fds and self._on_conn(inst.conn_fd, inst)
+            for fd in list(inst.streams):
+                progress = (fd in inst.open_fds and self._on_pipe(fd, inst)) or progress
+            if not progress:
+                return  # the worker is stuck or gone: _maybe_reap ends what is left with the instance
+
+    def _steal(self, idle: Instance) -> None:
+        """``idle`` has nothing to do: take over an event sent ahead to a busy instance (it waits there behind
+        an event that may run for hours, and it is older than anything in the queue)."""
+        for inst in self._pools.get(idle.key, ()):  # type: ignore[arg-type]
+            for i, (ev, seq) in enumerate(inst.ahead):
+                if ev.fn.revision == idle.revision and inst.slots.revoke(seq):  # the worker will skip it
+                    del inst.ahead[i]
+                    self._assign(idle, ev)
+                    return
 
     # -- wake-up (the instances' sockets, pipes and pidfds are handled in instance_io.py) ---------------------
     def _on_wake(self, fd: int, _: Any) -> None:
@@ -447,19 +517,37 @@ class Engine(InstanceIO):
     def _try_complete(self, inst: Instance) -> None:
         """An event ends when its "done" message and the END marker on both pipes have all arrived, so every
         line it printed is stored before its terminal status."""
-        if inst.done is None or inst.event is None or not all(s.ended for s in inst.streams.values()):
-            return
-        _, status, payload, duration_ms, mem, _drained = inst.done
+        while inst.dones and inst.event is not None:  # an event sent ahead may have ended right after
+            if not self._complete_one(inst):
+                return
+
+    def _complete_one(self, inst: Instance) -> bool:
+        """End ``inst``'s current event with the first "done" waiting, if its END markers are in too."""
+        _, status, payload, duration_ms, mem, drained = inst.dones[0]
+        if drained:  # the pipes were empty when it ended: all its lines are read, and no END markers come
+            for splitter in inst.streams.values():
+                if not splitter.ended:
+                    if splitter.pending:
+                        self._lines(inst, splitter, splitter.close())  # a last line with no newline
+                    splitter.ended = True
         ev = inst.event
-        inst.done = None
+        if ev is None or not inst.dones or not all(s.ended for s in inst.streams.values()):
+            return False
+        inst.dones.popleft()
         for s in inst.streams.values():
             s.ended = False
         inst.event, inst.last_event = None, ev
         if status == "FINISHED":
             self._end(ev, Status.FINISHED, duration_ms=duration_ms, result=payload, mem_usage_bytes=mem,
                       exit_reason="returned")
-            inst.state = IDLE
-            inst.idle_since = time.monotonic()
+            if inst.ahead:  # the worker starts the next one sent ahead now (nothing took it back)
+                self._begin(inst, inst.ahead.popleft()[0])
+            else:
+                inst.state = IDLE
+                inst.idle_since = time.monotonic()
+            self._refeed_held(inst)
+            if inst.state == IDLE:
+                self._steal(inst)
             self._dispatch(ev.fn.key)
             if inst.state == IDLE and self._queues:  # another function may want the room it takes
                 self._need_dispatch = True
@@ -470,6 +558,14 @@ class Engine(InstanceIO):
                       error_type=payload["type"], error_message=payload["message"],
                       error_traceback=payload["traceback"], exit_reason="the handler raised; instance replaced")
             self._kill(inst, None)  # SCF's instance repossession: the next event gets a fresh process
+        return True
+
+    def _refeed_held(self, inst: Instance) -> None:
+        """Lines read after an END marker belong to the event after the one that just ended."""
+        for splitter in inst.streams.values():
+            if splitter.held:
+                held, splitter.held = splitter.held, []
+                self._lines(inst, splitter, held)
 
     def _end(self, ev: EventState, status: Status, **fields: Any) -> None:
         with self.store.lock:
@@ -492,6 +588,11 @@ class Engine(InstanceIO):
         ev = inst.event
         if ev is None or ev.status is not Status.RUNNING or inst.state == DYING or inst.state == REAPED:
             return
+        if inst.deadline - time.monotonic() <= 0.001 and inst.ahead:
+            self._settle(inst)  # it may have returned, and the one sent ahead started (with its own deadline)
+            ev = inst.event
+            if ev is None or ev.status is not Status.RUNNING or inst.deadline_armed:
+                return
         left = inst.deadline - time.monotonic()
         if left > 0.001:
             inst.deadline_armed = True

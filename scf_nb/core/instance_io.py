@@ -75,6 +75,7 @@ class InstanceIO:
         def _try_complete(self, inst: Instance) -> None: ...
         def _end(self, ev: EventState, status: Status, **fields: Any) -> None: ...
         def _cmd_exited(self, inst: Instance) -> None: ...
+        def _settle(self, inst: Instance) -> None: ...
         def _schedule(self, delay: float, kind: str, obj: Any) -> None: ...
 
     def _on_accept(self, fd: int, _: Any) -> None:
@@ -127,11 +128,12 @@ class InstanceIO:
             inst.state = IDLE
             inst.idle_since = time.monotonic()
 
-    def _on_conn(self, fd: int, inst: Instance) -> None:
+    def _on_conn(self, fd: int, inst: Instance) -> bool:
+        """Read what the instance sent; True if anything came."""
         try:
             data = inst.conn.recv(_RECV_BYTES, socket.MSG_DONTWAIT)
         except BlockingIOError:
-            return
+            return False
         except OSError:
             data = b""
         if not data:
@@ -139,20 +141,17 @@ class InstanceIO:
             if inst.state != DYING:
                 self._kill(inst, None)
             self._maybe_reap(inst)
-            return
+            return False
         for msg in inst.reader.feed(data):
             if msg[0] == "done":
                 self._on_done(inst, msg)
+        return True
 
     def _on_done(self, inst: Instance, msg: tuple[Any, ...]) -> None:
         if inst.state == DYING:  # being terminated with grace: it stopped, so stop it for good
             inst.signal(signal.SIGKILL)
             return
-        inst.done = msg
-        if msg[5]:  # the pipes were drained when it ended: no END markers will come
-            for splitter in inst.streams.values():
-                self._lines(inst, splitter, splitter.close())  # a last line with no newline is its own
-                splitter.ended = True
+        inst.dones.append(msg)
         self._try_complete(inst)
 
     def _on_pidfd(self, fd: int, inst: Instance) -> None:
@@ -175,31 +174,53 @@ class InstanceIO:
                 pass
             os.close(fd)
 
-    def _on_pipe(self, fd: int, inst: Instance) -> None:
-        splitter = inst.streams[fd]
+    def _on_pipe(self, fd: int, inst: Instance) -> bool:
+        """Read a capture pipe; True if anything came."""
+        if inst.ahead and inst.conn_fd in inst.open_fds:
+            # The event sent ahead may be running already: then the "done" of the one before it is waiting on
+            # the socket (sent before the next one started), and must be read first, so that what is in the
+            # pipe after it goes to the right event.
+            self._on_conn(inst.conn_fd, inst)
+        splitter = inst.streams.get(fd)
+        if splitter is None or fd not in inst.open_fds:
+            return False
         try:
             data = os.read(fd, 1 << 18)
         except BlockingIOError:
-            return
+            return False
         except OSError:
             data = b""
         if data:
             self._lines(inst, splitter, splitter.feed(data))
-        else:
-            self._lines(inst, splitter, splitter.close())
-            self._close_fd(inst, fd)
-            self._maybe_reap(inst)
+            return True
+        self._lines(inst, splitter, splitter.close())
+        self._close_fd(inst, fd)
+        self._maybe_reap(inst)
+        return False
 
     def _lines(self, inst: Instance, splitter: LineSplitter, items: list[str | None]) -> None:
-        ended = None in items
-        lines = [x for x in items if x is not None] if ended else items
+        """Store lines for the event that wrote them; ``None`` is an event's END marker on this stream: what
+        comes after it is the next event's, held until the one before has ended."""
+        while True:
+            if splitter.ended:  # waiting for the rest of the current event's end: not its lines
+                splitter.held.extend(items)
+                return
+            if None not in items:
+                break
+            i = items.index(None)
+            self._store_lines(inst, splitter, items[:i])  # type: ignore[arg-type]
+            items = items[i + 1:]
+            splitter.ended = True
+            self._try_complete(inst)  # may make the event sent ahead the current one, and re-feed held lines
+            if not items:
+                return
+        self._store_lines(inst, splitter, items)  # type: ignore[arg-type]
+
+    def _store_lines(self, inst: Instance, splitter: LineSplitter, lines: list[str]) -> None:
         ev = inst.event or inst.last_event
         if lines and ev is not None:
-            self.store.add_lines(ev.key, ev.log_seq + 1, self.clock(), splitter.stream, lines)  # type: ignore[arg-type]
+            self.store.add_lines(ev.key, ev.log_seq + 1, self.clock(), splitter.stream, lines)
             ev.log_seq += len(lines)
-        if ended:
-            splitter.ended = True
-            self._try_complete(inst)
 
     def _close_fd(self, inst: Instance, fd: int) -> None:
         if fd not in inst.open_fds:
@@ -220,6 +241,8 @@ class InstanceIO:
         EOF (or ``outcome`` None: as an unexpected death, with the cause)."""
         if inst.state == REAPED:
             return
+        if inst.ahead:
+            self._settle(inst)  # the event sent ahead must not die with this one
         if inst.outcome is None:
             inst.outcome = outcome
         if inst.state != DYING:
@@ -252,6 +275,10 @@ class InstanceIO:
         self._all.discard(inst)
         self._by_token.pop(inst.token, None)
         self._forget(inst)
+        for splitter in inst.streams.values():  # lines after an END marker whose event never completed
+            if splitter.held:
+                held, splitter.held = splitter.held, []
+                self._store_lines(inst, splitter, [x for x in held if x is not None])
         ev, inst.event = inst.event, None
         if ev is not None and not ev.status.is_terminal:
             out = inst.outcome
@@ -259,6 +286,14 @@ class InstanceIO:
                 out = Outcome(Status.FAILED, "InstanceDied", inst.exit_description(), "instance died")
             self._end(ev, out.status, error_type=out.error_type, error_message=out.error_message,
                       exit_reason=out.exit_reason)
+        for ahead, _seq in inst.ahead:  # only if the worker could not be asked (stuck in a claim)
+            if not ahead.status.is_terminal:
+                self._end(ahead, Status.FAILED, error_type="InstanceDied", exit_reason="instance died",
+                          error_message="the instance it was sent ahead to died (it may have started)")
+        inst.ahead.clear()
+        if inst.slots is not None:
+            inst.slots.remove()
+            inst.slots = None
         if inst.pid:
             self.store.later("DELETE FROM instances WHERE pgid = ?", (inst.pid,))
         self._spawner.dispose(inst)

@@ -13,6 +13,7 @@ import os
 import queue
 import signal
 import threading
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -54,11 +55,15 @@ class Instance:
         self.open_fds: set[int] = set()
         self.event: EventState | None = None
         self.last_event: EventState | None = None
-        self.done: tuple[Any, ...] | None = None
+        self.dones: deque[tuple[Any, ...]] = deque()  # "done" messages not yet matched with their END markers
         self.outcome: Outcome | None = None  # set when the engine kills it (or finds it dead)
         self.exited = False
         self.exitcode: int | None = None  # as the pidfd told, when it did
         self.idle_since = 0.0
+        # Sent ahead, in order, with their record numbers (still QUEUED): each starts when the one before returns.
+        self.ahead: deque[tuple[EventState, int]] = deque()
+        self.ahead_seq = 0  # the last record number used
+        self.slots: Any = None  # ahead.Slots, made with the first event sent ahead
         self.deadline = 0.0  # time.monotonic() by which its event must end
         self.deadline_armed = False  # a "deadline" timer is pending for it
         self.started_at = 0.0
@@ -72,10 +77,13 @@ class Instance:
         return self.fn.revision if self.fn is not None else -1
 
     def load(self) -> None:
-        """Send the function's code and environment (a spare learns here which function it serves)."""
+        """Send the function's code, environment and settings (a spare learns here which function it serves);
+        a "run" then carries only what differs per event."""
         fn = self.fn
         assert fn is not None and self.conn is not None
-        self.send(("load", {"name": fn.name, "code": fn.code, "handler": fn.handler, "env": dict(fn.env)}))
+        context = {"function_name": fn.name, "namespace": fn.namespace, "memory_limit_in_mb": fn.memory_mb}
+        self.send(("load", {"name": fn.name, "code": fn.code, "handler": fn.handler, "env": dict(fn.env),
+                            "context": context, "timeout": fn.effective_timeout}))
 
     def send(self, msg: tuple[Any, ...]) -> None:
         self.conn.sendall(wire.frame(msg))

@@ -17,12 +17,13 @@ _KEEP = len(END_MARKER) + 1  # a marker may straddle two reads: never cut into t
 class LineSplitter:
     """Splits one stream of one instance. ``feed`` returns lines (str) and ``None`` where an event ended."""
 
-    __slots__ = ("stream", "pending", "ended")
+    __slots__ = ("ended", "held", "pending", "stream")
 
     def __init__(self, stream: str) -> None:
         self.stream = stream
         self.pending = b""
-        self.ended = False
+        self.ended = False  # the current event's END marker has been read on this stream
+        self.held: list[str | None] = []  # what came after it: the next event's, once the current one ended
 
     def feed(self, data: bytes) -> list[str | None]:
         if self.pending:

@@ -38,6 +38,7 @@ import types
 from typing import Any
 
 from . import wire
+from .ahead import Claims, slot_path
 
 END_MARKER = b"\x00\x1fscf_nb:end\x1f\x00"
 _PR_SET_PDEATHSIG = 1
@@ -107,7 +108,7 @@ def serve(address: str, token: str) -> None:
         os.close(fd)
     # Idle, a receive gives up after _REAP_EVERY_S, to collect adopted orphans now and then.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(_REAP_EVERY_S), 0))
-    runner = _Runner(sock)
+    runner = _Runner(sock, slot_path(address, token))
     signal.signal(signal.SIGTERM, runner.on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     reader = wire.Reader()
@@ -174,9 +175,12 @@ def _capture_stdio() -> list[int]:
 
 
 class _Runner:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, slots: str) -> None:
         self.spec: dict[str, Any] = {}
         self.sock = sock
+        self.slots = slots
+        self.claims: Claims | None = None
+        self.failed = False  # an event did not return: this instance is being replaced, start nothing more
         self.handler: Any = None
         self.running = False
 
@@ -185,10 +189,16 @@ class _Runner:
             self.running = False
             raise Terminated()
 
-    def run(self, request_id: str, event_json: str, context: dict[str, Any], timeout: float) -> None:
+    def run(self, request_id: str, event_json: str, qualifier: str, version: str, ahead: int | None) -> None:
+        if ahead is not None:  # sent ahead while we were busy: start it only if the engine has not taken it back
+            if self.claims is None:
+                self.claims = Claims(self.slots)
+            if self.failed or not self.claims.claim(ahead):
+                return
         _reset_peak_memory()
-        ctx = Context(context, request_id=request_id, _deadline=time.monotonic() + timeout,
-                      time_limit_in_ms=int(timeout * 1000))
+        timeout = self.spec["timeout"]
+        ctx = Context(self.spec["context"], request_id=request_id, qualifier=qualifier, function_version=version,
+                      _deadline=time.monotonic() + timeout, time_limit_in_ms=int(timeout * 1000))
         started = time.perf_counter()
         self.running = True
         try:
@@ -207,6 +217,7 @@ class _Runner:
             self.running = False
             outcome = ("FAILED", _describe(e))
         self.running = False
+        self.failed = outcome[0] != "FINISHED"
         duration_ms = (time.perf_counter() - started) * 1000.0
         _flush_all()
         # If the engine has already read every byte on both pipes, it has also stored them (it reads and
