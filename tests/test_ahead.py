@@ -1,0 +1,302 @@
+"""Events sent ahead: while every instance a function may have is busy, the FIFO's next events go to busy
+instances and start the moment the event before them returns. None of the engine's promises may change: a kill
+meant for one event never takes an event sent ahead with it, an event sent ahead stays QUEUED (and can be
+terminated without running) until it starts, an idle instance takes over events waiting behind a long one, and
+every log line belongs to its own event.
+
+Real instances, no mocks. Tests look at the engine's instances only to know that an event *was* sent ahead
+before they act; handlers are held by gate files, never by sleeps in the test.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from conftest import GATE, wait_until
+
+import scf_nb
+from scf_nb.core import engine as engine_module
+from scf_nb.core.ahead import Claims, Slots
+
+HANDLER = GATE + r'''
+def main_handler(event, context):
+    rid = context.request_id
+    print("out", rid, flush=True)
+    print("err", rid, file=sys.stderr, flush=True)
+    for i in range(event.get("lines", 0)):
+        print("line", i, rid)
+    if "touch" in event:
+        touch(event["touch"], str(os.getpid()))
+    if "gate" in event:
+        wait_file(event["gate"], event.get("limit", 60.0))
+    print("after gate", rid, flush=True)
+    if event.get("fail"):
+        raise ValueError("boom " + rid)
+    return {"pid": os.getpid(), "rid": rid}
+'''
+
+
+def _engine() -> Any:
+    return scf_nb.client().engine
+
+
+def is_ahead(ev: Any) -> bool:
+    return any(a.request_id == ev.request_id for i in list(_engine()._all) for a, _ in list(i.ahead))
+
+
+def wait_ahead(ev: Any) -> None:
+    wait_until(lambda: is_ahead(ev), 20, f"{ev.request_id} to be sent ahead")
+    assert ev.status == "QUEUED"
+
+
+def own_logs(ev: Any, *tail: str) -> None:
+    """The event's lines, and only its lines, on each stream."""
+    frame = ev.logs()
+    rid = ev.request_id
+    assert frame.loc[frame["stream"] == "stdout", "line"].tolist() == [f"out {rid}", *tail]
+    assert frame.loc[frame["stream"] == "stderr", "line"].tolist() == [f"err {rid}"]
+
+
+@pytest.fixture
+def sent_ahead(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The RequestIds the engine sent ahead."""
+    seen: list[str] = []
+    original = engine_module.Engine._send_ahead
+
+    def spy(self: Any, inst: Any, ev: Any) -> bool:
+        ok = original(self, inst, ev)
+        if ok:
+            seen.append(ev.request_id)
+        return ok
+
+    monkeypatch.setattr(engine_module.Engine, "_send_ahead", spy)
+    yield seen
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_many_events_all_finish_with_their_own_logs(scf: Any, sent_ahead: list[str], concurrency: int) -> None:
+    scf.configure(max_qps=1e9)
+    try:
+        scf.create_function("quick", HANDLER, async_run=True, concurrency=concurrency)
+        # some print enough that the engine is still reading when they end: END markers, lines held back
+        evs = [scf.invoke("quick", {"lines": 300 if i % 7 == 0 else 0}) for i in range(400)]
+        done, not_done = scf.wait(evs, timeout=120)
+        assert not not_done and {ev.status for ev in done} == {"FINISHED"}
+        assert sent_ahead, "no event was sent ahead"
+        for i, ev in enumerate(evs):
+            assert ev.result(timeout=5)["rid"] == ev.request_id
+            lines = [f"line {k} {ev.request_id}" for k in range(300 if i % 7 == 0 else 0)]
+            own_logs(ev, *lines, f"after gate {ev.request_id}")
+            assert ev.info()["run_time"] is not None
+        assert len({ev.result()["pid"] for ev in evs}) <= concurrency
+    finally:
+        scf.configure(max_qps=type(scf.configure())().max_qps)
+
+
+def _busy_with_one_behind(scf: Any, tmp_path: Path, first: dict[str, Any] | None = None,
+                          second: dict[str, Any] | None = None, **fn: Any) -> tuple[Any, Any, int]:
+    """e1 holds the only instance (waiting on a gate); e2 is sent ahead to it."""
+    fn.setdefault("timeout", 300)
+    scf.create_function("one", HANDLER, async_run=True, concurrency=1, **fn)
+    started = tmp_path / "e1-started"
+    e1 = scf.invoke("one", {"gate": str(tmp_path / "gate1"), "touch": str(started), **(first or {})})
+    pid = int(wait_until(lambda: started.exists() and started.read_text(), 30, "e1 to start"))  # type: ignore[arg-type]
+    e2 = scf.invoke("one", {"touch": str(tmp_path / "e2-ran"), **(second or {})})
+    wait_ahead(e2)
+    return e1, e2, pid
+
+
+def test_terminate_of_the_running_event_leaves_the_one_sent_ahead_to_run_elsewhere(scf: Any,
+                                                                                    tmp_path: Path) -> None:
+    e1, e2, pid = _busy_with_one_behind(scf, tmp_path)
+    assert e1.terminate() == "ABORTED"
+    result = e2.result(timeout=30)
+    assert e2.status == "FINISHED"
+    assert result["pid"] != pid  # a fresh instance: the killed one never started it
+    own_logs(e2, f"after gate {e2.request_id}")
+    own_logs(e1)
+
+
+def test_terminate_with_grace_of_the_running_event_keeps_the_one_sent_ahead(scf: Any, tmp_path: Path) -> None:
+    e1, e2, pid = _busy_with_one_behind(scf, tmp_path)
+    assert e1.terminate(grace=True) == "ABORTED"
+    assert e2.result(timeout=30)["pid"] != pid
+    own_logs(e2, f"after gate {e2.request_id}")
+
+
+def test_terminate_of_an_event_sent_ahead_aborts_it_without_running(scf: Any, tmp_path: Path) -> None:
+    e1, e2, pid = _busy_with_one_behind(scf, tmp_path)
+    assert e2.terminate() == "ABORTED"
+    assert e2.info()["run_time"] is None
+    (tmp_path / "gate1").touch()
+    assert e1.result(timeout=30)["pid"] == pid  # its instance was not killed
+    e3 = scf.invoke("one", {})
+    assert e3.result(timeout=30)["pid"] == pid  # and it still serves the function
+    assert not (tmp_path / "e2-ran").exists()
+    assert e2.logs().empty and e2.status == "ABORTED"
+    own_logs(e1, f"after gate {e1.request_id}")
+    own_logs(e3, f"after gate {e3.request_id}")
+
+
+def test_an_exception_in_the_running_event_does_not_lose_the_one_sent_ahead(scf: Any, tmp_path: Path) -> None:
+    e1, e2, pid = _busy_with_one_behind(scf, tmp_path, first={"fail": True})
+    (tmp_path / "gate1").touch()
+    assert e1.wait(30) == "FAILED"
+    assert e2.result(timeout=30)["pid"] != pid  # never started in the failed instance
+    own_logs(e1, f"after gate {e1.request_id}")
+    own_logs(e2, f"after gate {e2.request_id}")
+
+
+def test_a_timeout_of_the_running_event_does_not_kill_the_one_sent_ahead(scf: Any, tmp_path: Path) -> None:
+    e1, e2, pid = _busy_with_one_behind(scf, tmp_path, timeout=2)
+    assert e1.wait(30) == "FAILED"
+    assert e1.info()["error_type"] == "TimeoutError"
+    assert e2.result(timeout=30)["pid"] != pid
+    own_logs(e2, f"after gate {e2.request_id}")
+
+
+def test_sigkill_of_the_instance_from_outside_fails_only_the_running_event(scf: Any, tmp_path: Path) -> None:
+    e1, e2, pid = _busy_with_one_behind(scf, tmp_path)
+    os.kill(pid, signal.SIGKILL)
+    assert e1.wait(30) == "FAILED" and "SIGKILL" in e1.info()["error"]["message"]
+    assert e2.result(timeout=30)["pid"] != pid
+    own_logs(e2, f"after gate {e2.request_id}")
+
+
+def test_an_idle_instance_takes_over_events_waiting_behind_a_long_one(scf: Any, tmp_path: Path) -> None:
+    scf.create_function("pair", HANDLER, async_run=True, concurrency=2)
+    long_started, short_started = tmp_path / "long", tmp_path / "short"
+    long_ev = scf.invoke("pair", {"gate": str(tmp_path / "long-gate"), "touch": str(long_started)})
+    short_ev = scf.invoke("pair", {"gate": str(tmp_path / "short-gate"), "touch": str(short_started)})
+    wait_until(lambda: long_started.exists() and short_started.exists(), 30, "both to start")
+    long_pid = int(long_started.read_text())
+    behind = [scf.invoke("pair", {}) for _ in range(6)]
+    wait_until(lambda: any(is_ahead(ev) for ev in behind), 20, "events to be sent ahead")
+    (tmp_path / "short-gate").touch()  # the long one keeps its instance; everything else must still run
+    done, not_done = scf.wait([short_ev, *behind], timeout=60)
+    assert not not_done
+    assert all(ev.result()["pid"] != long_pid for ev in behind)
+    assert long_ev.status == "RUNNING"
+    (tmp_path / "long-gate").touch()
+    assert long_ev.wait(30) == "FINISHED"
+
+
+def _on_engine_thread(engine: Any, fn: Any) -> None:
+    """Run ``fn`` on the engine thread (its poller is not thread-safe) and wait for it."""
+    done = threading.Event()
+    engine._post(("call", lambda: (fn(), done.set())))
+    assert done.wait(10)
+
+
+@pytest.fixture
+def engine_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module.Engine, "_cmd_call", lambda self, fn: fn(), raising=False)
+
+
+@pytest.mark.parametrize("kill", ["terminate", "timeout"])
+def test_a_kill_meant_for_an_event_that_returned_spares_the_one_that_started_after_it(
+        scf: Any, tmp_path: Path, engine_calls: None, kill: str) -> None:
+    """The worker started e2 (so e1 returned), but the engine has not read e1's "done" yet: a terminate or a
+    timeout aimed at e1 must find e2 started, end e1 FINISHED from its "done", and kill nothing."""
+    timeout = 3 if kill == "timeout" else 300
+    e1, e2, pid = _busy_with_one_behind(scf, tmp_path, second={"gate": str(tmp_path / "gate2")}, timeout=timeout)
+    engine = _engine()
+    inst = next(i for i in list(engine._all) if i.pid == pid)
+    held: dict[int, Any] = {}
+
+    def hold() -> None:  # the engine stops reading this instance: its "done" and lines wait in the kernel
+        for fd in [inst.conn_fd, *inst.streams]:
+            held[fd] = engine._sel.data[fd]
+            engine._sel.unregister(fd)
+
+    def release() -> None:
+        for fd, data in held.items():
+            if fd in inst.open_fds and fd not in engine._sel.data:
+                engine._sel.register(fd, data)
+
+    _on_engine_thread(engine, hold)
+    try:
+        (tmp_path / "gate1").touch()
+        wait_until(lambda: (tmp_path / "e2-ran").exists(), 30, "e2 to start")
+        assert e1.status == "RUNNING" and e2.status == "QUEUED"  # what the engine has seen so far
+        if kill == "terminate":
+            assert e1.terminate() == "FINISHED"
+        else:
+            assert e1.wait(30) == "FINISHED"  # its timer fired after it had returned
+    finally:
+        _on_engine_thread(engine, release)
+    assert e1.result(timeout=5)["pid"] == pid
+    wait_until(lambda: e2.status == "RUNNING", 10, "e2 to be seen running")
+    (tmp_path / "gate2").touch()
+    assert e2.result(timeout=30)["pid"] == pid  # the same instance: nothing was killed
+    own_logs(e1, f"after gate {e1.request_id}")
+    own_logs(e2, f"after gate {e2.request_id}")
+
+
+def test_shutdown_fails_an_event_sent_ahead_as_never_run(scf: Any, tmp_path: Path) -> None:
+    e1, e2, pid = _busy_with_one_behind(scf, tmp_path)
+    scf.shutdown()
+    assert e1.status == "FAILED" and e2.status == "FAILED"
+    assert not (tmp_path / "e2-ran").exists()
+    frame = scf.list_events("one", status="FAILED").set_index("request_id")
+    assert "before the event ran" in frame.loc[e2.request_id, "error_message"]
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 20, "the instance to be gone")
+
+
+def test_terminates_at_random_in_a_stream_of_events(scf: Any) -> None:
+    """Hundreds of events flowing through two instances with events sent ahead, and terminates aimed at random
+    ones: each ends exactly once, a terminated one ABORTED (or FINISHED if it returned first), every other one
+    FINISHED with its own lines."""
+    scf.configure(max_qps=1e9)
+    try:
+        scf.create_function("stream", HANDLER, async_run=True, concurrency=2)
+        rng = random.Random(7)
+        counts = [rng.choice([0, 0, 0, 50]) for _ in range(600)]
+        evs = [scf.invoke("stream", {"lines": n}) for n in counts]
+        targets = sorted(rng.sample(range(len(evs)), 60))
+        outcome: dict[int, str] = {}
+        for i in targets:
+            try:
+                outcome[i] = evs[i].terminate()
+            except scf.ScfError as e:  # it had ended already
+                assert e.code == "FailedOperation.AsyncEventStatus"
+                outcome[i] = "FINISHED"
+        done, not_done = scf.wait(evs, timeout=120)
+        assert not not_done
+        aborted = 0
+        for i, ev in enumerate(evs):
+            if i in outcome:
+                assert ev.status == outcome[i] and ev.status in ("ABORTED", "FINISHED")
+                aborted += ev.status == "ABORTED"
+                assert all(line.endswith(ev.request_id) for line in ev.logs()["line"])
+            else:
+                assert ev.status == "FINISHED", (i, ev.info())
+                assert ev.result()["rid"] == ev.request_id
+                own_logs(ev, *[f"line {k} {ev.request_id}" for k in range(counts[i])], f"after gate {ev.request_id}")
+        assert aborted > 0
+    finally:
+        scf.configure(max_qps=type(scf.configure())().max_qps)
+
+
+def test_records_decide_start_or_take_back(tmp_path: Path) -> None:
+    slots = Slots(str(tmp_path / "slots"))
+    claims = Claims(slots.path)
+    assert slots.reserve(1) and claims.claim(1)  # PENDING -> STARTED
+    assert not slots.revoke(1)  # started: cannot be taken back
+    assert slots.reserve(2) and slots.revoke(2)  # PENDING -> REVOKED
+    assert not claims.claim(2)  # the worker skips it
+    assert slots.revoke(2)  # asking again is harmless
+    assert slots.reserve(3) and slots.reserve(4)
+    assert not claims.claim(4 + 16)  # a number it was never sent
+    assert claims.claim(3) and claims.claim(4)
+    assert slots.reserve(3 + 16)  # a decided record is reused
+    assert not slots.reserve(3 + 32)  # one holding an undecided event is not
+    claims.close()
+    slots.remove()
+    assert not os.path.exists(slots.path)
