@@ -50,6 +50,10 @@ def is_ahead(ev: Any) -> bool:
     return any(a.request_id == ev.request_id for i in list(_engine()._all) for a, _ in list(i.ahead))
 
 
+def in_fifo(ev: Any) -> bool:
+    return any(q.request_id == ev.request_id for queue in list(_engine()._queues.values()) for q in list(queue))
+
+
 def wait_ahead(ev: Any) -> None:
     wait_until(lambda: is_ahead(ev), 20, f"{ev.request_id} to be sent ahead")
     assert ev.status == "QUEUED"
@@ -237,6 +241,98 @@ def test_a_kill_meant_for_an_event_that_returned_spares_the_one_that_started_aft
     assert e2.result(timeout=30)["pid"] == pid  # the same instance: nothing was killed
     own_logs(e1, f"after gate {e1.request_id}")
     own_logs(e2, f"after gate {e2.request_id}")
+
+
+def test_a_finished_event_on_an_instance_being_killed_leaves_it_to_die(scf: Any, tmp_path: Path,
+                                                                       engine_calls: None) -> None:
+    """e1's "done" is read but its END markers are not when e1 is terminated (the kill wins): once the markers
+    come, e1 ends FINISHED (it returned) and the dying instance must not be given the next event."""
+    scf.create_function("one", HANDLER, async_run=True, concurrency=1, timeout=300)
+    started = tmp_path / "e1-started"
+    e1 = scf.invoke("one", {"gate": str(tmp_path / "gate1"), "touch": str(started)})
+    pid = int(wait_until(lambda: started.exists() and started.read_text(), 30, "e1 to start"))  # type: ignore[arg-type]
+    engine = _engine()
+    inst = next(i for i in list(engine._all) if i.pid == pid)
+    held: dict[int, Any] = {}
+
+    def hold() -> None:  # stop reading the pipes only: "done" comes in before the END markers
+        for fd in list(inst.streams):
+            held[fd] = engine._sel.data[fd]
+            engine._sel.unregister(fd)
+
+    def release() -> None:
+        for fd, data in held.items():
+            if fd in inst.open_fds and fd not in engine._sel.data:
+                engine._sel.register(fd, data)
+
+    _on_engine_thread(engine, hold)
+    try:
+        (tmp_path / "gate1").touch()
+        wait_until(lambda: len(inst.dones) == 1, 10, "e1's done to be read")
+        e1.terminate(wait=False)
+        wait_until(lambda: inst.state == "dying", 10, "the instance to be dying")
+        e2 = scf.invoke("one", {})
+        wait_until(lambda: in_fifo(e2), 10, "e2 to wait for room")
+    finally:
+        _on_engine_thread(engine, release)
+    done, not_done = scf.wait([e1, e2], timeout=30)
+    assert not not_done
+    assert e1.status in ("FINISHED", "ABORTED")
+    assert e2.status == "FINISHED" and e2.result()["pid"] != pid
+
+
+def test_room_freed_by_a_kill_takes_events_waiting_behind_a_long_one(scf: Any, tmp_path: Path) -> None:
+    scf.create_function("pair", HANDLER, async_run=True, concurrency=2)
+    long_started, other_started = tmp_path / "long", tmp_path / "other"
+    long_ev = scf.invoke("pair", {"gate": str(tmp_path / "long-gate"), "touch": str(long_started)})
+    other = scf.invoke("pair", {"gate": str(tmp_path / "other-gate"), "touch": str(other_started)})
+    wait_until(lambda: long_started.exists() and other_started.exists(), 30, "both to start")
+    behind = [scf.invoke("pair", {}) for _ in range(3)]
+    wait_until(lambda: all(is_ahead(ev) for ev in behind), 20, "them to be sent ahead")
+    assert other.terminate() == "ABORTED"  # its instance is killed: room for a new one
+    done, not_done = scf.wait(behind, timeout=30)
+    assert not not_done and long_ev.status == "RUNNING"
+    (tmp_path / "long-gate").touch()
+    assert long_ev.wait(30) == "FINISHED"
+
+
+def test_big_events_are_not_sent_ahead(scf: Any, tmp_path: Path) -> None:
+    # A busy instance does not read its socket: only events that surely fit in its buffer go ahead, so the
+    # engine never blocks on a send (and a terminate still works at once).
+    from scf_nb.core.dispatch import AHEAD_MAX_BYTES
+
+    scf.create_function("one", HANDLER, async_run=True, concurrency=1, timeout=300)
+    started = tmp_path / "e1-started"
+    e1 = scf.invoke("one", {"gate": str(tmp_path / "gate1"), "touch": str(started)})
+    wait_until(started.exists, 30, "e1 to start")
+    big = [scf.invoke("one", {"pad": "x" * (AHEAD_MAX_BYTES + 1)}) for _ in range(4)]
+    small = scf.invoke("one", {})
+    wait_until(lambda: all(in_fifo(ev) for ev in [*big, small]), 10, "them to wait in the FIFO")
+    assert not any(is_ahead(ev) for ev in big) and not is_ahead(small)  # FIFO: nothing jumps the big ones
+    assert e1.terminate() == "ABORTED"
+    done, not_done = scf.wait([*big, small], timeout=30)
+    assert not not_done and {ev.status for ev in done} == {"FINISHED"}
+
+
+def test_a_terminate_waits_for_a_stalled_worker_to_answer(scf: Any, tmp_path: Path) -> None:
+    """The worker holds its records' lock (stalled mid-claim): the engine cannot know whether the event sent
+    ahead has started, so it neither aborts it nor kills anything until it can ask."""
+    import fcntl
+
+    e1, e2, pid = _busy_with_one_behind(scf, tmp_path)
+    inst = next(i for i in list(_engine()._all) if i.pid == pid)
+    fd = os.open(inst.slots.path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert e2.terminate(wait=False) == "QUEUED"
+        assert e2.wait(timeout=0.3) == "QUEUED" and e1.status == "RUNNING"
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    assert e2.wait(timeout=10) == "ABORTED"
+    (tmp_path / "gate1").touch()
+    assert e1.result(timeout=30)["pid"] == pid
+    assert not (tmp_path / "e2-ran").exists()
 
 
 def test_shutdown_fails_an_event_sent_ahead_as_never_run(scf: Any, tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ import time
 FREE, PENDING, STARTED, REVOKED = 0, 1, 2, 3
 _RECORD = struct.Struct("=IB3x")  # seq, state
 _RECORDS = 16  # undecided records: at most those sent ahead (engine.AHEAD) plus the one just made current
-_LOCK_WAIT_S = 0.1  # the worker holds the lock for a few instructions; longer means it is stopped
+_LOCK_WAIT_S = 0.005  # the worker holds the lock for a few instructions; longer: it is stalled, ask later
 
 
 def slot_path(address: str, token: str) -> str:
@@ -91,11 +91,11 @@ class Slots(_Records):
         finally:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
 
-    def revoke(self, seq: int) -> bool:
-        """Take ``seq`` back: True if the worker had not started it (it never will). False if it started, or if
-        the worker is stuck holding the lock (stopped in the middle of a claim: counted as started)."""
+    def revoke(self, seq: int) -> bool | None:
+        """Take ``seq`` back: True if the worker had not started it (it never will), False if it has, None if
+        the worker could not be asked (it holds the lock: stalled or stopped in the middle of a claim)."""
         if not self._lock():
-            return False
+            return None
         try:
             old_seq, state = self._get(seq)
             if old_seq != seq or state != PENDING:

@@ -2,16 +2,19 @@
 
 ::
 
-    invoke() [any thread]                 engine thread (one selector loop)               instances
+    invoke() [any thread]                 engine thread (one epoll loop)                  instances
     ---------------------                 ---------------------------------               ---------
     check function + event, rate limit
     RequestId, QUEUED record -> store buffer
     inbox.append(event), wake ------->    per-function FIFO -> idle instance? --- run --->  serve loop
     return Event (no disk, no process)        else start one (Spawner, loky)                 handler
+                                              else send ahead to a busy one  --- run --->  (starts it next,
+                                              (ahead.py; still QUEUED)                      if not revoked)
                                           pipes: bytes -> lines -> store buffer  <-- fd 1/2 -- print/C/children
                                           "done" + END markers on both pipes  <---- done ----
                                           -> FINISHED / FAILED (instance replaced)
-    terminate() -> inbox -------------->  SIGKILL (or SIGTERM, SIGKILL after grace) the
+    terminate() -> inbox -------------->  revoke what was sent ahead (back to the FIFO), then
+                                          SIGKILL (or SIGTERM, SIGKILL after grace) the
                                           instance's process group; read pipes to EOF -> ABORTED
                                           timers: timeouts, grace kills, memory limits, idle instances
 
@@ -39,8 +42,8 @@ from collections import OrderedDict, deque
 from typing import Any
 
 from .admission import Admission, encode_event
-from .ahead import Slots, slot_path
 from .config import Config
+from .dispatch import Dispatcher
 from .errors import ScfError
 from .functions import Function, Registry
 from .instance_io import REAPED, InstanceIO, Poller
@@ -51,12 +54,11 @@ from .store import Store
 
 log = logging.getLogger("scf_nb")
 _START_TIMEOUT_S = 60.0
+_RETRY_S = 0.02  # a terminate or timeout waits this long when an instance could not be asked what it runs
 _PAGE = resource.getpagesize()
-AHEAD = 4  # events sent ahead to each busy instance at most (see ahead.py)
-_CPUS = os.cpu_count() or 1  # the default concurrency (os.cpu_count() reads a file each call)
 
 
-class Engine(InstanceIO):
+class Engine(Dispatcher, InstanceIO):
     """Runs events of registered functions in instance processes and records everything in the store.
 
     Args:
@@ -146,17 +148,17 @@ class Engine(InstanceIO):
 
     def invoke(self, name: str, event: Any, qualifier: str, namespace: str) -> EventState:
         """Accept an event: no disk I/O and no process round trip on this path."""
-        if self._closed:
-            raise ScfError("FailedOperation.EngineStopped", "the engine was shut down")
         fn = self.registry.get(namespace, name, qualifier)
         payload = encode_event(event, fn.async_run)
         self._admission.admit(fn, time.monotonic())
         key = next(self._keys)
         ev = EventState(key, make_request_id(key), fn, fn.version, payload, self.clock())
-        with self.store.lock:
+        with self.store.lock:  # close() sets _closed under it too: an accepted event reaches the loop first
+            if self._closed:
+                raise ScfError("FailedOperation.EngineStopped", "the engine was shut down")
             self._live[ev.request_id] = ev
             self.store.add_event(ev)
-        self._post(("invoke", ev))
+            self._post(("invoke", ev))
         return ev
 
     def live(self, request_id: str) -> EventState | None:
@@ -198,9 +200,10 @@ class Engine(InstanceIO):
     def close(self) -> None:
         """Stop: queued and running events become FAILED (engine stopped), instances die, the store is
         flushed and closed. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+        with self.store.lock:
+            if self._closed:
+                return
+            self._closed = True
         cancel_at_exit(self.close)
         self._post(("close",))
         self._thread.join(timeout=15)
@@ -302,6 +305,10 @@ class Engine(InstanceIO):
     def _cmd_invoke(self, ev: EventState) -> None:
         if ev.status.is_terminal:  # terminated before we got here
             return
+        if self._closing:
+            self._end(ev, Status.FAILED, duration_ms=0.0, error_type="EngineStopped",
+                      error_message="the engine stopped before the event ran", exit_reason="engine stopped")
+            return
         queue = self._queues.get(ev.fn.key)
         if queue:  # others wait ahead of it: nothing is free for it either (they would have had it)
             queue.append(ev)
@@ -314,7 +321,9 @@ class Engine(InstanceIO):
             return
         inst = ev.instance
         if inst is not None and inst.ahead:
-            self._settle(inst)  # which event is running there, exactly, before anything is killed
+            if not self._settle(inst):  # which event runs there, exactly, before anything is killed
+                self._schedule(_RETRY_S, "terminate", (ev, grace))  # the worker could not be asked yet
+                return
             if ev.status.is_terminal:  # it returned just before: nothing to stop
                 return
             inst = ev.instance
@@ -330,6 +339,9 @@ class Engine(InstanceIO):
                        self.config.grace_seconds)
         else:
             self._kill(inst, Outcome(Status.ABORTED, None, None, "terminated: SIGKILL"))
+
+    def _timer_terminate(self, args: tuple[EventState, bool]) -> None:
+        self._cmd_terminate(*args)
 
     def _cmd_exited(self, inst: Instance) -> None:
         inst.exited = True
@@ -352,158 +364,6 @@ class Engine(InstanceIO):
                 self._end(ev, Status.FAILED, duration_ms=0.0, error_type="EngineStopped",
                           error_message="the engine stopped before the event ran", exit_reason="engine stopped")
         self._queues.clear()
-
-    # -- dispatch ---------------------------------------------------------------------------------------------
-    def _dispatch(self, key: tuple[str, str]) -> None:
-        queue = self._queues.get(key)
-        while queue and not self._closing:
-            inst = self._instance_for(queue[0].fn)
-            if inst is None:
-                break
-            self._assign(inst, queue.popleft())
-        if queue and not self._closing:
-            self._fill_ahead(queue)
-        if not queue:
-            self._queues.pop(key, None)
-
-    def _dispatch_waiting(self) -> None:
-        for key in list(self._queues):
-            self._dispatch(key)
-
-    def _instance_for(self, fn: Function) -> Instance | None:
-        """An idle instance of ``fn``'s revision, or a new one if the limits allow (replacing an idle one
-        of stale code, or of another function, when that is what stands in the way)."""
-        pool = self._pools.setdefault(fn.key, [])
-        stale = None
-        for inst in pool:
-            if inst.state == IDLE:
-                if inst.revision == fn.revision:
-                    return inst
-                stale = inst
-        concurrency = fn.concurrency or _CPUS
-        if len(pool) >= concurrency:
-            if stale is not None:
-                self._kill(stale, None)  # make room; the event goes once it is reaped (milliseconds)
-            return None
-        if sum(len(p) for p in self._pools.values()) >= self.config.max_workers:
-            idle = [i for p in self._pools.values() for i in p if i.state == IDLE]
-            if idle:
-                self._kill(min(idle, key=lambda i: i.idle_since), None)
-            return None
-        return self._start(fn)
-
-    def _start(self, fn: Function) -> Instance:
-        """An instance for ``fn``: the warm spare if there is one (no process start), else a new process."""
-        inst, self._spare = self._spare, None
-        if inst is None:
-            inst = self._spawn(fn)
-        else:
-            inst.fn = fn
-            if inst.conn is not None:
-                inst.load()
-        self._pools.setdefault(fn.key, []).append(inst)
-        self._ensure_spare()
-        return inst
-
-    def _spawn(self, fn: Function | None) -> Instance:
-        inst = Instance(fn, next(self._numbers), os.urandom(16).hex())
-        inst.started_at = time.monotonic()
-        self._all.add(inst)
-        self._by_token[inst.token] = inst
-        self._spawner.spawn(inst, self._address)
-        return inst
-
-    def _ensure_spare(self) -> None:
-        if self.config.warm_spare and self._spare is None and not self._closing and not self._closed:
-            self._spare = self._spawn(None)
-
-    def _assign(self, inst: Instance, ev: EventState) -> None:
-        self._begin(inst, ev)
-        if inst.state == IDLE:
-            self._send_run(inst)
-
-    def _begin(self, inst: Instance, ev: EventState) -> None:
-        """``ev`` is RUNNING on ``inst`` from now."""
-        with self.store.lock:
-            ev.status = Status.RUNNING
-            ev.run_time = self.clock()
-            ev.instance_pid = inst.pid
-            self.store.changed(ev)
-        ev.instance = inst
-        inst.event = ev
-        inst.deadline = time.monotonic() + ev.fn.effective_timeout
-        if not inst.deadline_armed:  # at most one timer per instance, not one per event (held for hours)
-            inst.deadline_armed = True
-            self._schedule(ev.fn.effective_timeout, "deadline", inst)
-
-    def _send_run(self, inst: Instance) -> None:
-        ev = inst.event
-        assert ev is not None
-        inst.state = BUSY
-        try:  # the function's name, settings and timeout came with "load" (an instance serves one revision)
-            inst.send(("run", ev.request_id, ev.payload, ev.qualifier, ev.fn.version, None))
-        except (OSError, ValueError):
-            self._kill(inst, None)
-
-    # -- events sent ahead (see ahead.py) ----------------------------------------------------------------------
-    def _fill_ahead(self, queue: deque[EventState]) -> None:
-        """Every instance is busy: send the FIFO's next events ahead, up to ``AHEAD`` to each busy instance."""
-        for inst in self._pools.get(queue[0].fn.key, ()):
-            while (queue and len(inst.ahead) < AHEAD and inst.state == BUSY and inst.event is not None
-                   and inst.conn is not None and inst.revision == queue[0].fn.revision):
-                ev = queue.popleft()
-                if not self._send_ahead(inst, ev):
-                    queue.appendleft(ev)
-                    break
-            if not queue:
-                return
-
-    def _send_ahead(self, inst: Instance, ev: EventState) -> bool:
-        if inst.slots is None:
-            inst.slots = Slots(slot_path(self._address, inst.token))
-        seq = inst.ahead_seq + 1
-        if not inst.slots.reserve(seq):
-            return False
-        inst.ahead_seq = seq
-        inst.ahead.append((ev, seq))
-        ev.instance = inst
-        try:
-            inst.send(("run", ev.request_id, ev.payload, ev.qualifier, ev.fn.version, seq))
-        except (OSError, ValueError):
-            self._kill(inst, None)  # takes it back first (it cannot have started)
-        return True
-
-    def _settle(self, inst: Instance) -> None:
-        """Make the engine's view of ``inst`` exact before a kill: take back the events sent ahead, newest
-        first (the worker takes them in order, so once one has started every one before it has); the ones
-        taken back go to the front of the FIFO. If one has started, the "done" of each before it is readable
-        now (sent before it started): read them, which makes it the current event."""
-        back: list[EventState] = []
-        while inst.ahead and inst.slots.revoke(inst.ahead[-1][1]):
-            ev, _seq = inst.ahead.pop()
-            ev.instance = None
-            back.append(ev)
-        if back:
-            self._queues.setdefault(back[0].fn.key, deque()).extendleft(back)  # newest first: order kept
-            self._need_dispatch = True
-        for _ in range(10_000):
-            if not inst.ahead:
-                return
-            progress = inst.conn_fd in inst.open_fds and self._on_conn(inst.conn_fd, inst)
-            for fd in list(inst.streams):
-                progress = (fd in inst.open_fds and self._on_pipe(fd, inst)) or progress
-            if not progress:
-                return  # the worker is stuck or gone: _maybe_reap ends what is left with the instance
-
-    def _steal(self, idle: Instance) -> None:
-        """``idle`` has nothing to do: take over an event sent ahead to a busy instance (it waits there behind
-        an event that may run for hours, and it is older than anything in the queue)."""
-        for inst in self._pools.get(idle.key, ()):  # type: ignore[arg-type]
-            for i, (ev, seq) in enumerate(inst.ahead):
-                if ev.fn.revision == idle.revision and inst.slots.revoke(seq):  # the worker will skip it
-                    del inst.ahead[i]
-                    self._assign(idle, ev)
-                    return
 
     # -- wake-up (the instances' sockets, pipes and pidfds are handled in instance_io.py) ---------------------
     def _on_wake(self, fd: int, _: Any) -> None:
@@ -540,12 +400,19 @@ class Engine(InstanceIO):
         if status == "FINISHED":
             self._end(ev, Status.FINISHED, duration_ms=duration_ms, result=payload, mem_usage_bytes=mem,
                       exit_reason="returned")
+            if inst.state != BUSY:  # being killed: it serves nothing more (reaping settles what was sent ahead)
+                self._refeed_held(inst)
+                self._need_dispatch = True
+                return True
             if inst.ahead:  # the worker starts the next one sent ahead now (nothing took it back)
                 self._begin(inst, inst.ahead.popleft()[0])
             else:
                 inst.state = IDLE
                 inst.idle_since = time.monotonic()
             self._refeed_held(inst)
+            if inst.settling:  # in the middle of a kill decision: dispatch later, never onto this instance now
+                self._need_dispatch = True
+                return True
             if inst.state == IDLE:
                 self._steal(inst)
             self._dispatch(ev.fn.key)
@@ -589,7 +456,11 @@ class Engine(InstanceIO):
         if ev is None or ev.status is not Status.RUNNING or inst.state == DYING or inst.state == REAPED:
             return
         if inst.deadline - time.monotonic() <= 0.001 and inst.ahead:
-            self._settle(inst)  # it may have returned, and the one sent ahead started (with its own deadline)
+            # it may have returned, and the one sent ahead started (with its own deadline)
+            if not self._settle(inst):
+                inst.deadline_armed = True
+                self._schedule(_RETRY_S, "deadline", inst)
+                return
             ev = inst.event
             if ev is None or ev.status is not Status.RUNNING or inst.deadline_armed:
                 return

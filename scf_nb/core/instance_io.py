@@ -75,7 +75,9 @@ class InstanceIO:
         def _try_complete(self, inst: Instance) -> None: ...
         def _end(self, ev: EventState, status: Status, **fields: Any) -> None: ...
         def _cmd_exited(self, inst: Instance) -> None: ...
-        def _settle(self, inst: Instance) -> None: ...
+        def _settle(self, inst: Instance) -> bool: ...
+        def _release_ahead(self, inst: Instance) -> None: ...
+        def _steal(self, idle: Instance) -> None: ...
         def _schedule(self, delay: float, kind: str, obj: Any) -> None: ...
 
     def _on_accept(self, fd: int, _: Any) -> None:
@@ -127,6 +129,8 @@ class InstanceIO:
         else:
             inst.state = IDLE
             inst.idle_since = time.monotonic()
+            if inst.fn is not None:
+                self._steal(inst)  # events may wait behind a busy instance of its function
 
     def _on_conn(self, fd: int, inst: Instance) -> bool:
         """Read what the instance sent; True if anything came."""
@@ -286,11 +290,7 @@ class InstanceIO:
                 out = Outcome(Status.FAILED, "InstanceDied", inst.exit_description(), "instance died")
             self._end(ev, out.status, error_type=out.error_type, error_message=out.error_message,
                       exit_reason=out.exit_reason)
-        for ahead, _seq in inst.ahead:  # only if the worker could not be asked (stuck in a claim)
-            if not ahead.status.is_terminal:
-                self._end(ahead, Status.FAILED, error_type="InstanceDied", exit_reason="instance died",
-                          error_message="the instance it was sent ahead to died (it may have started)")
-        inst.ahead.clear()
+        self._release_ahead(inst)  # only if it could not be settled before (the worker was stuck)
         if inst.slots is not None:
             inst.slots.remove()
             inst.slots = None

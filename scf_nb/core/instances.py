@@ -64,6 +64,7 @@ class Instance:
         self.ahead: deque[tuple[EventState, int]] = deque()
         self.ahead_seq = 0  # the last record number used
         self.slots: Any = None  # ahead.Slots, made with the first event sent ahead
+        self.settling = False  # the engine is taking back or catching up with what was sent ahead
         self.deadline = 0.0  # time.monotonic() by which its event must end
         self.deadline_armed = False  # a "deadline" timer is pending for it
         self.started_at = 0.0
