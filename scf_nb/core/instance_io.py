@@ -159,18 +159,19 @@ class InstanceIO:
         self._try_complete(inst)
 
     def _on_pidfd(self, fd: int, inst: Instance) -> None:
-        try:  # how it ended, read now without reaping it (loky does that), so the cause is never a guess
-            info = os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            if info is not None:
-                inst.exitcode = -info.si_status if info.si_code in _BY_SIGNAL else info.si_status
-        except (OSError, AttributeError):
-            pass
         self._close_pidfd(inst)
         self._cmd_exited(inst)
 
     def _close_pidfd(self, inst: Instance) -> None:
         fd = inst.pidfd
         if fd is not None:
+            if inst.exitcode is None:
+                try:  # how it ended, read without reaping it (loky does that), so the cause is never a guess
+                    info = os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                    if info is not None:
+                        inst.exitcode = -info.si_status if info.si_code in _BY_SIGNAL else info.si_status
+                except (OSError, AttributeError):
+                    pass
             inst.pidfd = None
             try:
                 self._sel.unregister(fd)
