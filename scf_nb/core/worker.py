@@ -12,6 +12,8 @@ The engine submits :func:`serve` once per instance; it never returns while the i
     pipes r1/r2  <---- every byte the event writes --  print, logging, C code, child processes
     pipes r1/r2  <---- END marker on each stream ----  (after flushing Python's stdio)
     same socket  <---- ("done", status, ...) ---------
+    same socket  ----- ("run", ..., record) -------->  sent ahead while busy: started right after the
+                                                       current event, if claimed first (ahead.py)
 
 The read ends of the pipes live in the engine: what an event wrote before its process was killed is still in
 the pipe and is read to EOF, so no line is lost or given to another event. This module imports nothing heavy:
