@@ -347,3 +347,22 @@ def test_short_events_report_resident_memory(scf: Any) -> None:
     ev.wait(timeout=30)
     info = ev.info()
     assert info["duration_ms"] < 1000 and info["mem_usage_bytes"] > 1_000_000  # a Python process: MBs
+
+
+def test_socket_folders_of_dead_engines_are_removed(scf: Any) -> None:
+    # An engine killed with SIGKILL (a killed kernel) cannot remove its socket folder; the next engine does.
+    import subprocess
+    import sys
+    import tempfile
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    stale = Path(tempfile.gettempdir()) / f"scf_nb-{int(gone.stdout)}-test"
+    stale.mkdir()
+    (stale / "engine.sock").touch()
+    mine = Path(tempfile.mkdtemp(prefix=f"scf_nb-{os.getpid()}-"))  # a living process's: kept
+    try:
+        scf.list_functions()  # starts this test's engine
+        assert not stale.exists() and mine.exists()
+    finally:
+        mine.rmdir()

@@ -89,7 +89,8 @@ class Engine(Dispatcher, InstanceIO):
         self._closing = False
         self._closed = False
         self.loop_errors = 0
-        self._sockdir = tempfile.mkdtemp(prefix="scf_nb-")
+        _remove_stale_sockdirs()
+        self._sockdir = tempfile.mkdtemp(prefix=f"scf_nb-{os.getpid()}-")
         self._address = os.path.join(self._sockdir, "engine.sock")
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(self._address)
@@ -527,6 +528,25 @@ def _make_wake() -> Any:
 
 
 _wake = _make_wake()
+
+
+def _remove_stale_sockdirs() -> None:
+    """The socket folders of engines whose process died without closing them (SIGKILL, a killed kernel)."""
+    tmp = tempfile.gettempdir()
+    try:
+        names = os.listdir(tmp)
+    except OSError:
+        return
+    for name in names:
+        parts = name.split("-")
+        if len(parts) != 3 or parts[0] != "scf_nb" or not parts[1].isdigit():
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+        except (PermissionError, OverflowError):
+            pass
 
 
 def _rss(pid: int) -> int:
