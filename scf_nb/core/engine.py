@@ -31,7 +31,6 @@ import heapq
 import itertools
 import logging
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -47,18 +46,16 @@ from .dispatch import Dispatcher
 from .errors import ScfError
 from .functions import Function, Registry
 from .instance_io import REAPED, InstanceIO, Poller
-from .instances import BUSY, DYING, IDLE, STARTING, Instance, Outcome, Spawner, at_exit, cancel_at_exit, descendants
+from .instances import DYING, Instance, Outcome, Spawner, at_exit, cancel_at_exit
 from .records import EventState, make_request_id
 from .status import Status, can_move
 from .store import Store
+from .timers import RETRY_S, Timers
 
 log = logging.getLogger("scf_nb")
-_START_TIMEOUT_S = 60.0
-_RETRY_S = 0.02  # a terminate or timeout waits this long when an instance could not be asked what it runs
-_PAGE = resource.getpagesize()
 
 
-class Engine(Dispatcher, InstanceIO):
+class Engine(Dispatcher, Timers, InstanceIO):
     """Runs events of registered functions in instance processes and records everything in the store.
 
     Args:
@@ -323,7 +320,7 @@ class Engine(Dispatcher, InstanceIO):
         inst = ev.instance
         if inst is not None and inst.ahead:
             if not self._settle(inst):  # which event runs there, exactly, before anything is killed
-                self._schedule(_RETRY_S, "terminate", (ev, grace))  # the worker could not be asked yet
+                self._schedule(RETRY_S, "terminate", (ev, grace))  # the worker could not be asked yet
                 return
             if ev.status.is_terminal:  # it returned just before: nothing to stop
                 return
@@ -374,67 +371,7 @@ class Engine(Dispatcher, InstanceIO):
         except BlockingIOError:
             pass
 
-    # -- event ends -------------------------------------------------------------------------------------------
-    def _try_complete(self, inst: Instance) -> None:
-        """An event ends when its "done" message and the END marker on both pipes have all arrived, so every
-        line it printed is stored before its terminal status."""
-        while inst.dones and inst.event is not None:  # an event sent ahead may have ended right after
-            if not self._complete_one(inst):
-                return
-
-    def _complete_one(self, inst: Instance) -> bool:
-        """End ``inst``'s current event with the first "done" waiting, if its END markers are in too."""
-        _, status, payload, duration_ms, mem, drained = inst.dones[0]
-        if drained:  # the pipes were empty when it ended: all its lines are read, and no END markers come
-            for splitter in inst.streams.values():
-                if not splitter.ended:
-                    if splitter.pending:
-                        self._lines(inst, splitter, splitter.close())  # a last line with no newline
-                    splitter.ended = True
-        ev = inst.event
-        if ev is None or not inst.dones or not all(s.ended for s in inst.streams.values()):
-            return False
-        inst.dones.popleft()
-        for s in inst.streams.values():
-            s.ended = False
-        inst.event, inst.last_event = None, ev
-        if status == "FINISHED":
-            self._end(ev, Status.FINISHED, duration_ms=duration_ms, result=payload, mem_usage_bytes=mem,
-                      exit_reason="returned")
-            if inst.state != BUSY:  # being killed: it serves nothing more (reaping settles what was sent ahead)
-                self._refeed_held(inst)
-                self._need_dispatch = True
-                return True
-            if inst.ahead:  # the worker starts the next one sent ahead now (nothing took it back)
-                self._begin(inst, inst.ahead.popleft()[0])
-            else:
-                inst.state = IDLE
-                inst.idle_since = time.monotonic()
-            self._refeed_held(inst)
-            if inst.settling:  # in the middle of a kill decision: dispatch later, never onto this instance now
-                self._need_dispatch = True
-                return True
-            if inst.state == IDLE:
-                self._steal(inst)
-            self._dispatch(ev.fn.key)
-            if inst.state == IDLE and self._queues:  # another function may want the room it takes
-                self._need_dispatch = True
-        else:
-            if payload is None:  # SIGTERM that the engine did not send (someone ran `kill`)
-                payload = {"type": "Terminated", "message": "the instance received SIGTERM", "traceback": ""}
-            self._end(ev, Status.FAILED, duration_ms=duration_ms, mem_usage_bytes=mem,
-                      error_type=payload["type"], error_message=payload["message"],
-                      error_traceback=payload["traceback"], exit_reason="the handler raised; instance replaced")
-            self._kill(inst, None)  # SCF's instance repossession: the next event gets a fresh process
-        return True
-
-    def _refeed_held(self, inst: Instance) -> None:
-        """Lines read after an END marker belong to the event after the one that just ended."""
-        for splitter in inst.streams.values():
-            if splitter.held:
-                held, splitter.held = splitter.held, []
-                self._lines(inst, splitter, held)
-
+    # -- event ends (completion from "done" + END markers is in instance_io.py) ---------------------------
     def _end(self, ev: EventState, status: Status, **fields: Any) -> None:
         with self.store.lock:
             if not can_move(ev.status, status):  # a terminal status is final
@@ -448,53 +385,6 @@ class Engine(Dispatcher, InstanceIO):
                 waiter.left -= 1
                 if not waiter.left:
                     self._to_wake.append(waiter.lock)
-
-    # -- timers -----------------------------------------------------------------------------------------------
-    def _timer_deadline(self, inst: Instance) -> None:
-        """The timeout of the event ``inst`` runs, if it has come; else wait for that event's deadline."""
-        inst.deadline_armed = False
-        ev = inst.event
-        if ev is None or ev.status is not Status.RUNNING or inst.state == DYING or inst.state == REAPED:
-            return
-        if inst.deadline - time.monotonic() <= 0.001 and inst.ahead:
-            # it may have returned, and the one sent ahead started (with its own deadline)
-            if not self._settle(inst):
-                inst.deadline_armed = True
-                self._schedule(_RETRY_S, "deadline", inst)
-                return
-            ev = inst.event
-            if ev is None or ev.status is not Status.RUNNING or inst.deadline_armed:
-                return
-        left = inst.deadline - time.monotonic()
-        if left > 0.001:
-            inst.deadline_armed = True
-            self._schedule(left, "deadline", inst)
-            return
-        t = ev.fn.effective_timeout
-        self._kill(inst, Outcome(Status.FAILED, "TimeoutError", f"timed out after {t:g} s", "timeout"))
-
-    def _timer_tick(self, _: Any) -> None:
-        now = time.monotonic()
-        limited = False
-        for inst in list(self._all):
-            if inst.fn is None:  # the spare
-                if inst.state == STARTING and now - inst.started_at > _START_TIMEOUT_S:
-                    self._kill(inst, None)
-            elif inst.state == IDLE and now - inst.idle_since > self.config.idle_instance_seconds:
-                self._kill(inst, None)
-            elif inst.state == STARTING and now - inst.started_at > _START_TIMEOUT_S:
-                self._kill(inst, Outcome(Status.FAILED, "InstanceStartError",
-                                         f"the instance did not start within {_START_TIMEOUT_S:g} s", "start"))
-            elif inst.state == BUSY and inst.fn.memory_mb and inst.pid:
-                limited = True
-                used = _rss(inst.pid)
-                if used > inst.fn.memory_mb * 1024 * 1024:
-                    self._kill(inst, Outcome(
-                        Status.FAILED, "MemoryLimitExceeded",
-                        f"memory limit exceeded: {used / 2**20:.0f} MB used, memory_mb={inst.fn.memory_mb}",
-                        "memory limit"))
-        self._schedule(0.1 if limited else 0.5, "tick", None)
-
 
 class _Countdown:
     """What a waiting thread blocks on: a held lock, released once ``left`` events have ended (a bare lock is
@@ -547,16 +437,3 @@ def _remove_stale_sockdirs() -> None:
             shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
         except (PermissionError, OverflowError):
             pass
-
-
-def _rss(pid: int) -> int:
-    """Resident memory of ``pid`` and all its descendants, in bytes."""
-    total = 0
-    for p in [pid, *descendants(pid)]:
-        try:
-            with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * _PAGE
-        except (OSError, ValueError, IndexError):
-            pass
-    return total
-

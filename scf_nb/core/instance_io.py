@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import wire
-from .instances import DYING, IDLE, Instance, Outcome
+from .instances import BUSY, DYING, IDLE, Instance, Outcome
 from .logchannel import LineSplitter
 from .status import Status
 
@@ -72,7 +72,10 @@ class InstanceIO:
 
         def clock(self) -> float: ...
         def _send_run(self, inst: Instance) -> None: ...
-        def _try_complete(self, inst: Instance) -> None: ...
+        _queues: dict[tuple[str, str], Any]
+
+        def _begin(self, inst: Instance, ev: EventState) -> None: ...
+        def _dispatch(self, key: tuple[str, str]) -> None: ...
         def _end(self, ev: EventState, status: Status, **fields: Any) -> None: ...
         def _cmd_exited(self, inst: Instance) -> None: ...
         def _settle(self, inst: Instance) -> bool: ...
@@ -315,3 +318,64 @@ class InstanceIO:
 
     def _timer_reap(self, inst: Instance) -> None:
         self._maybe_reap(inst, force=True)
+
+    # -- the end of an event: its "done" and the END markers on both pipes --------------------------------
+    def _try_complete(self, inst: Instance) -> None:
+        """An event ends when its "done" message and the END marker on both pipes have all arrived, so every
+        line it printed is stored before its terminal status."""
+        while inst.dones and inst.event is not None:  # an event sent ahead may have ended right after
+            if not self._complete_one(inst):
+                return
+
+    def _complete_one(self, inst: Instance) -> bool:
+        """End ``inst``'s current event with the first "done" waiting, if its END markers are in too."""
+        _, status, payload, duration_ms, mem, drained = inst.dones[0]
+        if drained:  # the pipes were empty when it ended: all its lines are read, and no END markers come
+            for splitter in inst.streams.values():
+                if not splitter.ended:
+                    if splitter.pending:
+                        self._lines(inst, splitter, splitter.close())  # a last line with no newline
+                    splitter.ended = True
+        ev = inst.event
+        if ev is None or not inst.dones or not all(s.ended for s in inst.streams.values()):
+            return False
+        inst.dones.popleft()
+        for s in inst.streams.values():
+            s.ended = False
+        inst.event, inst.last_event = None, ev
+        if status == "FINISHED":
+            self._end(ev, Status.FINISHED, duration_ms=duration_ms, result=payload, mem_usage_bytes=mem,
+                      exit_reason="returned")
+            if inst.state != BUSY:  # being killed: it serves nothing more (reaping settles what was sent ahead)
+                self._refeed_held(inst)
+                self._need_dispatch = True
+                return True
+            if inst.ahead:  # the worker starts the next one sent ahead now (nothing took it back)
+                self._begin(inst, inst.ahead.popleft()[0])
+            else:
+                inst.state = IDLE
+                inst.idle_since = time.monotonic()
+            self._refeed_held(inst)
+            if inst.settling:  # in the middle of a kill decision: dispatch later, never onto this instance now
+                self._need_dispatch = True
+                return True
+            if inst.state == IDLE:
+                self._steal(inst)
+            self._dispatch(ev.fn.key)
+            if inst.state == IDLE and self._queues:  # another function may want the room it takes
+                self._need_dispatch = True
+        else:
+            if payload is None:  # SIGTERM that the engine did not send (someone ran `kill`)
+                payload = {"type": "Terminated", "message": "the instance received SIGTERM", "traceback": ""}
+            self._end(ev, Status.FAILED, duration_ms=duration_ms, mem_usage_bytes=mem,
+                      error_type=payload["type"], error_message=payload["message"],
+                      error_traceback=payload["traceback"], exit_reason="the handler raised; instance replaced")
+            self._kill(inst, None)  # SCF's instance repossession: the next event gets a fresh process
+        return True
+
+    def _refeed_held(self, inst: Instance) -> None:
+        """Lines read after an END marker belong to the event after the one that just ended."""
+        for splitter in inst.streams.values():
+            if splitter.held:
+                held, splitter.held = splitter.held, []
+                self._lines(inst, splitter, held)
