@@ -20,8 +20,10 @@
 
 Only this thread changes an event's status (under the store's lock, which also guards the write buffer),
 so a terminal status is final and every reader sees the newest one. The store's writer thread turns the
-buffers into batched DuckDB writes off the invoke path. The instance plumbing (hello, connection and pipe
-readers, kill and reap) lives in ``instance_io.py``, mixed into ``Engine``.
+buffers into batched DuckDB writes off the invoke path. ``Engine`` is this module plus three mixins, each
+run on the engine thread only: ``dispatch.py`` (which instance runs what, sending ahead), ``instance_io.py``
+(hello, connection and pipe readers, the end of an event, kill and reap) and ``timers.py`` (deadlines, the
+tick: idle instances, start timeouts, memory limits).
 """
 
 from __future__ import annotations
