@@ -305,7 +305,9 @@ def test_big_events_are_not_sent_ahead(scf: Any, tmp_path: Path) -> None:
     started = tmp_path / "e1-started"
     e1 = scf.invoke("one", {"gate": str(tmp_path / "gate1"), "touch": str(started)})
     wait_until(started.exists, 30, "e1 to start")
-    big = [scf.invoke("one", {"pad": "x" * (AHEAD_MAX_BYTES + 1)}) for _ in range(4)]
+    cjk = "\u6f22" * (AHEAD_MAX_BYTES // 3 + 1)  # fewer characters than the limit, more bytes (3 each)
+    big = [scf.invoke("one", {"pad": cjk}), *(scf.invoke("one", {"pad": "x" * (AHEAD_MAX_BYTES + 1)})
+                                             for _ in range(3))]
     small = scf.invoke("one", {})
     wait_until(lambda: all(in_fifo(ev) for ev in [*big, small]), 10, "them to wait in the FIFO")
     assert not any(is_ahead(ev) for ev in big) and not is_ahead(small)  # FIFO: nothing jumps the big ones
@@ -333,6 +335,51 @@ def test_a_terminate_waits_for_a_stalled_worker_to_answer(scf: Any, tmp_path: Pa
     (tmp_path / "gate1").touch()
     assert e1.result(timeout=30)["pid"] == pid
     assert not (tmp_path / "e2-ran").exists()
+
+
+def test_an_instance_killed_after_running_what_was_sent_ahead_loses_none_of_it(scf: Any, tmp_path: Path,
+                                                                             engine_calls: None) -> None:
+    """The instance runs everything sent ahead, then dies (SIGKILL from outside) before the engine has read
+    their "done" messages: every one of them is FINISHED with its own lines, and the next event runs."""
+    e1, _e2, pid = _busy_with_one_behind(scf, tmp_path)
+    engine = _engine()
+    inst = next(i for i in list(engine._all) if i.pid == pid)
+    ahead = [_e2, *(scf.invoke("one", {"lines": 3, "touch": str(tmp_path / f"a{i}")}) for i in range(3))]
+    wait_until(lambda: len(inst.ahead) == 4, 20, "four events sent ahead")
+    later = scf.invoke("one", {"lines": 3})
+    held: dict[int, Any] = {}
+
+    def hold() -> None:  # the engine stops reading this instance
+        for fd in [inst.conn_fd, *inst.streams, inst.pidfd]:
+            held[fd] = engine._sel.data[fd]
+            engine._sel.unregister(fd)
+
+    def idle_in_recv() -> bool:  # all four returned: the worker waits for the next run
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        with open(f"/proc/{pid}/wchan") as f:
+            wchan = f.read()
+        return state == "S" and ("read" in wchan or "recv" in wchan)
+
+    def kill_then_read() -> None:
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not os.path.exists(f"/proc/{pid}/stat") or open(f"/proc/{pid}/stat").read()
+                   .rsplit(")", 1)[1].split()[0] in "ZX", 10, "the instance to be dead")
+        for fd, data in held.items():
+            engine._sel.register(fd, data)
+        engine._on_conn(inst.conn_fd, inst)  # the socket first, as epoll may well order it
+
+    _on_engine_thread(engine, hold)
+    (tmp_path / "gate1").touch()
+    wait_until(lambda: all((tmp_path / f"a{i}").exists() for i in range(3)), 30, "the events sent ahead to run")
+    wait_until(idle_in_recv, 30, "the worker to wait for its next run")
+    _on_engine_thread(engine, kill_then_read)
+    done, not_done = scf.wait([e1, *ahead, later], timeout=30)
+    assert not not_done
+    for ev in [e1, *ahead]:
+        assert ev.status == "FINISHED", ev.info()
+        assert all(line.endswith(ev.request_id) for line in ev.logs()["line"])
+    assert later.status == "FINISHED" and later.result()["pid"] != pid
 
 
 def test_shutdown_fails_an_event_sent_ahead_as_never_run(scf: Any, tmp_path: Path) -> None:

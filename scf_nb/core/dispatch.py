@@ -39,6 +39,11 @@ AHEAD_MAX_BYTES = 16 * 1024
 _CPUS = os.cpu_count() or 1  # the default concurrency (os.cpu_count() reads a file each call)
 
 
+def _small(payload: str) -> bool:
+    """At most AHEAD_MAX_BYTES in UTF-8 (a character takes up to 4 bytes: count them only when it matters)."""
+    return len(payload) * 4 <= AHEAD_MAX_BYTES or len(payload.encode("utf-8", "surrogatepass")) <= AHEAD_MAX_BYTES
+
+
 class Dispatcher:
     """Dispatch and sending ahead, mixed into the Engine."""
 
@@ -61,6 +66,8 @@ class Dispatcher:
         def _schedule(self, delay: float, kind: str, obj: Any) -> None: ...
         def _kill(self, inst: Instance, outcome: Any, sig: int = ..., grace: float = ...) -> None: ...
         def _on_conn(self, fd: int, inst: Instance) -> bool: ...
+        def _handle_msgs(self, inst: Instance) -> bool: ...
+        def _post(self, item: tuple[Any, ...]) -> None: ...
         def _on_pipe(self, fd: int, inst: Instance) -> bool: ...
         def _end(self, ev: EventState, status: Status, **fields: Any) -> None: ...
 
@@ -114,7 +121,10 @@ class Dispatcher:
         else:
             inst.fn = fn
             if inst.conn is not None:
-                inst.load()
+                try:
+                    inst.load()
+                except (OSError, ValueError):
+                    self._broken(inst)
         self._pools.setdefault(fn.key, []).append(inst)
         self._ensure_spare()
         return inst
@@ -156,8 +166,11 @@ class Dispatcher:
         inst.state = BUSY
         try:  # the function's name, settings and timeout came with "load" (an instance serves one revision)
             inst.send(("run", ev.request_id, ev.payload, ev.qualifier, ev.fn.version, None))
-        except (OSError, ValueError):
-            self._kill(inst, None)
+        except (OSError, ValueError):  # it is gone: the event never got there, so it goes first again
+            inst.event = None
+            ev.instance = None
+            self._queues.setdefault(ev.fn.key, deque()).appendleft(ev)
+            self._broken(inst)
 
     # -- sending ahead ------------------------------------------------------------------------------------------
     def _fill_ahead(self, queue: deque[EventState]) -> None:
@@ -169,7 +182,7 @@ class Dispatcher:
             for inst in list(pool):
                 ev = queue[0]
                 if (len(inst.ahead) >= AHEAD or inst.revision != ev.fn.revision or inst.state != BUSY
-                        or len(ev.payload) > AHEAD_MAX_BYTES):
+                        or not _small(ev.payload)):
                     pool.remove(inst)
                     continue
                 queue.popleft()
@@ -191,13 +204,21 @@ class Dispatcher:
         if not inst.slots.reserve(seq):
             return False
         inst.ahead_seq = seq
-        inst.ahead.append((ev, seq))
-        ev.instance = inst
         try:
             inst.send(("run", ev.request_id, ev.payload, ev.qualifier, ev.fn.version, seq))
-        except (OSError, ValueError):
-            self._kill(inst, None)  # takes it back first (it cannot have started)
+        except (OSError, ValueError):  # it is gone: the run never got there whole, nothing can claim it
+            inst.slots.revoke(seq)
+            self._broken(inst)
+            return False
+        inst.ahead.append((ev, seq))
+        ev.instance = inst
         return True
+
+    def _broken(self, inst: Instance) -> None:
+        """A send to ``inst`` failed (its process is gone). It is killed from the loop's next turn, not here:
+        this may run in the middle of handling its messages, and a kill decision must see them all."""
+        self._need_dispatch = True
+        self._post(("broken", inst))
 
     def _settle(self, inst: Instance) -> bool:
         """Make the engine's view of ``inst`` exact before a kill: take back the events sent ahead, newest
@@ -228,7 +249,8 @@ class Dispatcher:
             for _ in range(10_000):
                 if not inst.ahead:
                     return True
-                progress = inst.conn_fd in inst.open_fds and self._on_conn(inst.conn_fd, inst)
+                progress = self._handle_msgs(inst)
+                progress = (inst.conn_fd in inst.open_fds and self._on_conn(inst.conn_fd, inst)) or progress
                 for fd in list(inst.streams):
                     progress = (fd in inst.open_fds and self._on_pipe(fd, inst)) or progress
                 if not progress:

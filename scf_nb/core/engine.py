@@ -349,6 +349,10 @@ class Engine(Dispatcher, Timers, InstanceIO):
             self._kill(inst, None)
         self._maybe_reap(inst)
 
+    def _cmd_broken(self, inst: Instance) -> None:
+        if inst.state != DYING and inst.state != REAPED:
+            self._kill(inst, None)
+
     def _cmd_retire(self, key: tuple[str, str]) -> None:
         for inst in list(self._pools.get(key, ())):
             if inst.event is None:

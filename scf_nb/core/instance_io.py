@@ -80,6 +80,8 @@ class InstanceIO:
         def _cmd_exited(self, inst: Instance) -> None: ...
         def _settle(self, inst: Instance) -> bool: ...
         def _release_ahead(self, inst: Instance) -> None: ...
+        def _handle_msgs(self, inst: Instance) -> bool: ...
+        def _broken(self, inst: Instance) -> None: ...
         def _steal(self, idle: Instance) -> None: ...
         def _schedule(self, delay: float, kind: str, obj: Any) -> None: ...
 
@@ -123,7 +125,10 @@ class InstanceIO:
             inst.signal(signal.SIGKILL)
             return
         if inst.fn is not None:
-            inst.load()
+            try:
+                inst.load()
+            except (OSError, ValueError):  # gone already: its event (if any) fails to send too, and goes back
+                self._broken(inst)
         if inst.event is not None:
             with self.store.lock:
                 inst.event.instance_pid = inst.pid
@@ -149,10 +154,20 @@ class InstanceIO:
                 self._kill(inst, None)
             self._maybe_reap(inst)
             return False
-        for msg in inst.reader.feed(data):
+        inst.msgs.extend(inst.reader.feed(data))
+        self._handle_msgs(inst)
+        return True
+
+    def _handle_msgs(self, inst: Instance) -> bool:
+        """Handle what the instance sent, in order. The messages wait on the instance, not in a local list,
+        so a kill decision made while handling one (``_settle``) still sees the ones after it."""
+        handled = False
+        while inst.msgs:
+            msg = inst.msgs.popleft()
+            handled = True
             if msg[0] == "done":
                 self._on_done(inst, msg)
-        return True
+        return handled
 
     def _on_done(self, inst: Instance, msg: tuple[Any, ...]) -> None:
         if inst.state == DYING:  # being terminated with grace: it stopped, so stop it for good

@@ -48,6 +48,7 @@ class Instance:
         self.process: Any = None
         self.conn: Any = None  # a socket.socket, once the instance has said hello
         self.reader: Any = None
+        self.msgs: deque[tuple[Any, ...]] = deque()  # received, not handled yet
         self.conn_fd = -1
         self.pidfd: int | None = None
         self.pid: int | None = None
