@@ -572,3 +572,25 @@ def test_a_running_event_reaches_the_file_without_any_read(scf: Any, tmp_path: P
     assert time.monotonic() - t0 < HOLD_S + 5
     (tmp_path / "gate").touch()
     assert ev.wait(timeout=30) == "FINISHED"
+
+
+def test_recovery_kills_only_processes_that_were_the_dead_engines(home: Path) -> None:
+    # After a reboot the process groups a dead engine recorded may belong to anything: leave those alone.
+    import subprocess
+    import sys
+
+    scf_nb.configure(home=home, grace_seconds=2.0)
+    scf_nb.list_events()  # the store and its tables
+    scf_nb.shutdown()
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        db = duckdb.connect(str(home / "scf_nb.duckdb"))
+        db.execute("INSERT INTO instances VALUES (?, ?, ?)", [stranger.pid, stranger.pid, 999999])
+        db.close()
+        scf_nb.configure(home=home, grace_seconds=2.0)
+        scf_nb.list_events()  # a new engine recovers the store
+        assert stranger.poll() is None and pid_alive(stranger.pid)
+    finally:
+        stranger.kill()
+        stranger.wait()
+        scf_nb.shutdown()

@@ -62,20 +62,18 @@ class Slots(_Records):
 
     def _lock(self) -> bool:
         """The records' lock, without ever blocking the engine on a worker that stopped while holding it."""
-        deadline = 0.0
+        deadline = time.monotonic() + _LOCK_WAIT_S
         for attempt in itertools.count():
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return True
             except BlockingIOError:
-                if attempt < 100:
-                    os.sched_yield()  # the worker holds it for a few instructions: let it finish
-                    continue
-                now = time.monotonic()
-                deadline = deadline or now + _LOCK_WAIT_S
-                if now > deadline:
+                if time.monotonic() > deadline:
                     return False
-                time.sleep(0.0002)
+                if attempt < 8:
+                    os.sched_yield()  # the worker holds it for a few instructions: let it finish
+                else:
+                    time.sleep(0.0002)
         return False
 
     def reserve(self, seq: int) -> bool:

@@ -169,6 +169,9 @@ class Dispatcher:
         except (OSError, ValueError):  # it is gone: the event never got there, so it goes first again
             inst.event = None
             ev.instance = None
+            with self.store.lock:
+                ev.status, ev.run_time, ev.instance_pid = Status.QUEUED, None, None
+                self.store.changed(ev)
             self._queues.setdefault(ev.fn.key, deque()).appendleft(ev)
             self._broken(inst)
 

@@ -48,7 +48,7 @@ from .dispatch import Dispatcher
 from .errors import ScfError
 from .functions import Function, Registry
 from .instance_io import REAPED, InstanceIO, Poller
-from .instances import DYING, Instance, Outcome, Spawner, at_exit, cancel_at_exit
+from .instances import DYING, Instance, Outcome, Spawner, at_exit, cancel_at_exit, leftovers
 from .records import EventState, make_request_id
 from .status import Status, can_move
 from .store import Store
@@ -248,9 +248,9 @@ class Engine(Dispatcher, Timers, InstanceIO):
         reason = ("the engine running this event stopped before it ended (kernel restarted or process "
                   "killed); nothing of it is running now")
         n, groups = self.store.recover(reason, self.clock())
-        for pgid in groups:
+        for pid in leftovers(groups):
             try:
-                os.killpg(pgid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
         return n

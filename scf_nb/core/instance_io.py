@@ -266,6 +266,8 @@ class InstanceIO:
             return
         if inst.ahead:
             self._settle(inst)  # the event sent ahead must not die with this one
+            if inst.state == REAPED:  # settling read it to its end
+                return
         if inst.outcome is None:
             inst.outcome = outcome
         if inst.state != DYING:

@@ -22,6 +22,7 @@ from .functions import Function
 from .logchannel import LineSplitter
 from .records import EventState
 from .status import Status
+from .worker import INSTANCE_MARK, proc_stats
 
 STARTING, IDLE, BUSY, DYING = "starting", "idle", "busy", "dying"
 
@@ -146,20 +147,37 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def leftovers(groups: list[int]) -> list[int]:
+    """The processes still alive in the process groups of a dead engine's instances that are really theirs:
+    an instance (a loky worker) or a process started under one (it carries the instance's mark in its
+    environment). After a reboot those group ids may belong to anything else: that is left alone."""
+    wanted = set(groups)
+    if not wanted:
+        return []
+    mark = f"{INSTANCE_MARK}=".encode()
+    found = []
+    for pid, fields in proc_stats():
+        if len(fields) < 3 or int(fields[2]) not in wanted:
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            continue
+        if b"loky" in cmdline or mark in environ:
+            found.append(pid)
+    return found
+
+
 _HAS_CHILDREN_FILES = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
 
 
 def _descendants_by_scan(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
+    for child, fields in proc_stats():
+        children.setdefault(int(fields[1]), []).append(child)
     out, todo = [], list(children.get(pid, ()))
     while todo:
         p = todo.pop()

@@ -71,6 +71,10 @@ class Timers:
                                          f"the instance did not start within {_START_TIMEOUT_S:g} s", "start"))
             elif inst.state == BUSY and inst.fn.memory_mb and inst.pid:
                 limited = True
+                if inst.ahead and not self._settle(inst):  # know which event runs before blaming it
+                    continue
+                if inst.state != BUSY:
+                    continue
                 used = _rss(inst.pid)
                 if used > inst.fn.memory_mb * 1024 * 1024:
                     self._kill(inst, Outcome(

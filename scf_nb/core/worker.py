@@ -37,12 +37,14 @@ import termios
 import time
 import traceback
 import types
+from collections.abc import Iterator
 from typing import Any
 
 from . import wire
 from .ahead import Claims, slot_path
 
 END_MARKER = b"\x00\x1fscf_nb:end\x1f\x00"
+INSTANCE_MARK = "SCF_NB_ENGINE_PID"
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _F_SETPIPE_SZ = 1031
@@ -71,6 +73,8 @@ def init_instance(engine_pid: int) -> None:
     """loky initializer: an own process group (a kill reaches the event's children; Ctrl-C does not reach
     us) and death with the engine even inside a GIL-holding C call."""
     os.setpgid(0, 0)
+    # Children of events inherit this: a later engine kills a dead one's leftovers by it, nothing else.
+    os.environ[INSTANCE_MARK] = str(engine_pid)
     try:
         libc = _libc()
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -95,13 +99,13 @@ def _libc() -> Any:
 
 def serve(address: str, token: str) -> None:
     """The instance's serve loop: connect back, hand over the capture pipes, then run events one by one."""
+    read_ends = _capture_stdio()  # first: the engine waits for the hello from the moment we connect
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(address)
     except OSError:  # the engine is gone: do not linger as an idle loky worker
         os._exit(1)
     try:
-        read_ends = _capture_stdio()
         socket.send_fds(sock, [f"{token} {os.getpid()}".encode()], read_ends)
     except BaseException:
         sock.close()  # the engine is waiting for our hello: let it see EOF at once
@@ -252,22 +256,24 @@ _REAP_EVERY_S = 1.0
 _last_reap = [0.0]
 
 
+def proc_stats() -> Iterator[tuple[int, list[bytes]]]:
+    """Every process's pid and the fields of its /proc/PID/stat after the command name (state, ppid, pgrp,
+    ...); processes that exit meanwhile are skipped."""
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    yield int(entry.name), f.read().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+
+
 def _reap_orphans() -> None:
     """Collect exited processes that were adopted as orphans (we are their subreaper), so they do not pile
     up as zombies in a long-lived instance; children the handler still holds a Popen for are left alone."""
     _last_reap[0] = time.monotonic()
     me = os.getpid()
-    zombies = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] == b"Z" and int(fields[1]) == me:
-            zombies.append(int(entry.name))
+    zombies = [pid for pid, fields in proc_stats() if fields[0] == b"Z" and int(fields[1]) == me]
     if not zombies:
         return
     import gc
