@@ -361,10 +361,16 @@ def test_an_instance_killed_after_running_what_was_sent_ahead_loses_none_of_it(s
             wchan = f.read()
         return state == "S" and ("read" in wchan or "recv" in wchan)
 
+    def dead() -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] in "ZX"
+        except OSError:  # reaped already
+            return True
+
     def kill_then_read() -> None:
         os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: not os.path.exists(f"/proc/{pid}/stat") or open(f"/proc/{pid}/stat").read()
-                   .rsplit(")", 1)[1].split()[0] in "ZX", 10, "the instance to be dead")
+        wait_until(dead, 10, "the instance to be dead")
         for fd, data in held.items():
             engine._sel.register(fd, data)
         engine._on_conn(inst.conn_fd, inst)  # the socket first, as epoll may well order it
