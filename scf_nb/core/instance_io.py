@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 REAPED = "reaped"
 _RECV_BYTES = 1 << 16
+_EXIT_STATUS_WAIT_S = 0.2
 _BY_SIGNAL = {getattr(os, "CLD_KILLED", 2), getattr(os, "CLD_DUMPED", 3)}
 REAP_AFTER_KILL_S = 2.0  # a killed instance is reaped by then even if a grandchild keeps its pipes open
 
@@ -177,19 +178,27 @@ class InstanceIO:
         self._try_complete(inst)
 
     def _on_pidfd(self, fd: int, inst: Instance) -> None:
-        self._close_pidfd(inst)
+        self._close_pidfd(inst, ending=True)
         self._cmd_exited(inst)
 
-    def _close_pidfd(self, inst: Instance) -> None:
+    def _close_pidfd(self, inst: Instance, ending: bool = False) -> None:
+        """Stop watching the process; first read how it ended, without reaping it (loky does that), so the
+        cause is never a guess. ``ending``: it is known to be exiting, whose status can lag its pidfd (and
+        its pipes) a little: wait up to 0.2 s for it."""
         fd = inst.pidfd
         if fd is not None:
-            if inst.exitcode is None:
-                try:  # how it ended, read without reaping it (loky does that), so the cause is never a guess
+            deadline = time.monotonic() + (_EXIT_STATUS_WAIT_S if ending else 0.0)
+            while inst.exitcode is None:
+                try:
                     info = os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-                    if info is not None:
-                        inst.exitcode = -info.si_status if info.si_code in _BY_SIGNAL else info.si_status
-                except (OSError, AttributeError):
-                    pass
+                except (OSError, AttributeError):  # reaped already (loky's exit code is the other source)
+                    break
+                if info is not None:
+                    inst.exitcode = -info.si_status if info.si_code in _BY_SIGNAL else info.si_status
+                elif time.monotonic() < deadline:
+                    time.sleep(0.0005)
+                    continue
+                break
             inst.pidfd = None
             try:
                 self._sel.unregister(fd)
@@ -296,7 +305,7 @@ class InstanceIO:
                 self._drain(inst, fd)
             self._close_fd(inst, fd)
         inst.state = REAPED
-        self._close_pidfd(inst)
+        self._close_pidfd(inst, ending=inst.exited and not force)
         self._all.discard(inst)
         self._by_token.pop(inst.token, None)
         self._forget(inst)

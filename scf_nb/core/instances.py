@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import threading
 from collections import deque
@@ -114,7 +115,7 @@ class Instance:
         code = self.exitcode
         if code is None and self.process is not None:
             self.process.join(timeout=0.5)
-            code = self.process.exitcode
+            code = self.process.exitcode if self.exitcode is None else self.exitcode
         if code is None:
             return "the instance process died"
         if code < 0:
@@ -239,7 +240,20 @@ class Spawner:
         inst.executor = executor
         inst.process = next(iter(executor._processes.values()), None)
         _register_exit_hook()
-        future.add_done_callback(lambda _f: self._on_exit(inst))
+        future.add_done_callback(lambda f: self._exited(inst, f))
+
+    def _exited(self, inst: Instance, future: Any) -> None:
+        """loky saw the process end. Its error names the exit code ("... {SIGKILL(-9)}"): a second source
+        for the cause, for when loky reaped the process before the engine could read its pidfd."""
+        if inst.exitcode is None:
+            try:
+                error = future.exception(timeout=0)
+            except BaseException:  # cancelled, or anything else: no code to learn
+                error = None
+            found = re.search(r"\((-?\d+)\)\}", str(error)) if error is not None else None
+            if found:
+                inst.exitcode = int(found.group(1))
+        self._on_exit(inst)
 
 
 _exit_hooks: list[Callable[[], None]] = []
