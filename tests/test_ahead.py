@@ -198,6 +198,31 @@ def _on_engine_thread(engine: Any, fn: Any) -> None:
     assert done.wait(10)
 
 
+class Unread:
+    """Makes the engine stop reading some of an instance's fds (their data waits in the kernel) until
+    ``resume``; both run on the engine thread."""
+
+    def __init__(self, engine: Any, inst: Any, fds: list[int]) -> None:
+        self.engine, self.inst, self.fds = engine, inst, fds
+        self.held: dict[int, Any] = {}
+
+    def hold(self) -> None:
+        _on_engine_thread(self.engine, self.hold_now)
+
+    def resume(self) -> None:
+        _on_engine_thread(self.engine, self.resume_now)
+
+    def hold_now(self) -> None:
+        for fd in self.fds:
+            self.held[fd] = self.engine._sel.data[fd]
+            self.engine._sel.unregister(fd)
+
+    def resume_now(self) -> None:
+        for fd, data in self.held.items():
+            if (fd in self.inst.open_fds or fd == self.inst.pidfd) and fd not in self.engine._sel.data:
+                self.engine._sel.register(fd, data)
+
+
 @pytest.fixture
 def engine_calls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine_module.Engine, "_cmd_call", lambda self, fn: fn(), raising=False)
@@ -212,19 +237,8 @@ def test_a_kill_meant_for_an_event_that_returned_spares_the_one_that_started_aft
     e1, e2, pid = _busy_with_one_behind(scf, tmp_path, second={"gate": str(tmp_path / "gate2")}, timeout=timeout)
     engine = _engine()
     inst = next(i for i in list(engine._all) if i.pid == pid)
-    held: dict[int, Any] = {}
-
-    def hold() -> None:  # the engine stops reading this instance: its "done" and lines wait in the kernel
-        for fd in [inst.conn_fd, *inst.streams]:
-            held[fd] = engine._sel.data[fd]
-            engine._sel.unregister(fd)
-
-    def release() -> None:
-        for fd, data in held.items():
-            if fd in inst.open_fds and fd not in engine._sel.data:
-                engine._sel.register(fd, data)
-
-    _on_engine_thread(engine, hold)
+    unread = Unread(engine, inst, [inst.conn_fd, *inst.streams])  # its "done" and lines wait in the kernel
+    unread.hold()
     try:
         (tmp_path / "gate1").touch()
         wait_until(lambda: (tmp_path / "e2-ran").exists(), 30, "e2 to start")
@@ -234,7 +248,7 @@ def test_a_kill_meant_for_an_event_that_returned_spares_the_one_that_started_aft
         else:
             assert e1.wait(30) == "FINISHED"  # its timer fired after it had returned
     finally:
-        _on_engine_thread(engine, release)
+        unread.resume()
     assert e1.result(timeout=5)["pid"] == pid
     wait_until(lambda: e2.status == "RUNNING", 10, "e2 to be seen running")
     (tmp_path / "gate2").touch()
@@ -253,19 +267,8 @@ def test_a_finished_event_on_an_instance_being_killed_leaves_it_to_die(scf: Any,
     pid = int(wait_until(lambda: started.exists() and started.read_text(), 30, "e1 to start"))  # type: ignore[arg-type]
     engine = _engine()
     inst = next(i for i in list(engine._all) if i.pid == pid)
-    held: dict[int, Any] = {}
-
-    def hold() -> None:  # stop reading the pipes only: "done" comes in before the END markers
-        for fd in list(inst.streams):
-            held[fd] = engine._sel.data[fd]
-            engine._sel.unregister(fd)
-
-    def release() -> None:
-        for fd, data in held.items():
-            if fd in inst.open_fds and fd not in engine._sel.data:
-                engine._sel.register(fd, data)
-
-    _on_engine_thread(engine, hold)
+    unread = Unread(engine, inst, list(inst.streams))  # the pipes only: "done" comes in before the END markers
+    unread.hold()
     try:
         (tmp_path / "gate1").touch()
         wait_until(lambda: len(inst.dones) == 1, 10, "e1's done to be read")
@@ -274,7 +277,7 @@ def test_a_finished_event_on_an_instance_being_killed_leaves_it_to_die(scf: Any,
         e2 = scf.invoke("one", {})
         wait_until(lambda: in_fifo(e2), 10, "e2 to wait for room")
     finally:
-        _on_engine_thread(engine, release)
+        unread.resume()
     done, not_done = scf.wait([e1, e2], timeout=30)
     assert not not_done
     assert e1.status in ("FINISHED", "ABORTED")
@@ -347,12 +350,7 @@ def test_an_instance_killed_after_running_what_was_sent_ahead_loses_none_of_it(s
     ahead = [_e2, *(scf.invoke("one", {"lines": 3, "touch": str(tmp_path / f"a{i}")}) for i in range(3))]
     wait_until(lambda: len(inst.ahead) == 4, 20, "four events sent ahead")
     later = scf.invoke("one", {"lines": 3})
-    held: dict[int, Any] = {}
-
-    def hold() -> None:  # the engine stops reading this instance
-        for fd in [inst.conn_fd, *inst.streams, inst.pidfd]:
-            held[fd] = engine._sel.data[fd]
-            engine._sel.unregister(fd)
+    unread = Unread(engine, inst, [inst.conn_fd, *inst.streams, inst.pidfd])  # the engine stops reading it
 
     def idle_in_recv() -> bool:  # all four returned: the worker waits for the next run
         with open(f"/proc/{pid}/stat") as f:
@@ -371,11 +369,10 @@ def test_an_instance_killed_after_running_what_was_sent_ahead_loses_none_of_it(s
     def kill_then_read() -> None:
         os.kill(pid, signal.SIGKILL)
         wait_until(dead, 10, "the instance to be dead")
-        for fd, data in held.items():
-            engine._sel.register(fd, data)
+        unread.resume_now()
         engine._on_conn(inst.conn_fd, inst)  # the socket first, as epoll may well order it
 
-    _on_engine_thread(engine, hold)
+    unread.hold()
     (tmp_path / "gate1").touch()
     wait_until(lambda: all((tmp_path / f"a{i}").exists() for i in range(3)), 30, "the events sent ahead to run")
     wait_until(idle_in_recv, 30, "the worker to wait for its next run")
