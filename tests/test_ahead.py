@@ -22,7 +22,7 @@ from conftest import GATE, wait_until
 
 import scf_nb
 from scf_nb.core import engine as engine_module
-from scf_nb.core.ahead import Claims, Slots
+from scf_nb.core.ahead import RECORDS, Claims, Shared
 
 HANDLER = GATE + r'''
 def main_handler(event, context):
@@ -46,8 +46,14 @@ def _engine() -> Any:
     return scf_nb.client().engine
 
 
+def pending(name: str = "one") -> list[Any]:
+    """The events of function ``name`` sent ahead that no worker is known to have started, oldest first."""
+    ahead = _engine()._ahead.get(("default", name))
+    return [] if ahead is None else [e for e, _, _ in list(ahead.pending)]
+
+
 def is_ahead(ev: Any) -> bool:
-    return any(a.request_id == ev.request_id for i in list(_engine()._all) for a, _ in list(i.ahead))
+    return any(e.request_id == ev.request_id for a in list(_engine()._ahead.values()) for e, _, _ in list(a.pending))
 
 
 def in_fifo(ev: Any) -> bool:
@@ -71,15 +77,14 @@ def own_logs(ev: Any, *tail: str) -> None:
 def sent_ahead(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """The RequestIds the engine sent ahead."""
     seen: list[str] = []
-    original = engine_module.Engine._send_ahead
+    original = engine_module.Engine._feed
 
-    def spy(self: Any, inst: Any, ev: Any) -> bool:
-        ok = original(self, inst, ev)
-        if ok:
-            seen.append(ev.request_id)
-        return ok
+    def spy(self: Any, inst: Any, ahead: Any) -> None:
+        before = inst.sent_upto
+        original(self, inst, ahead)
+        seen.extend(e.request_id for e, seq, _ in ahead.pending if before < seq <= inst.sent_upto)
 
-    monkeypatch.setattr(engine_module.Engine, "_send_ahead", spy)
+    monkeypatch.setattr(engine_module.Engine, "_feed", spy)
     yield seen
 
 
@@ -325,8 +330,7 @@ def test_a_terminate_waits_for_a_stalled_worker_to_answer(scf: Any, tmp_path: Pa
     import fcntl
 
     e1, e2, pid = _busy_with_one_behind(scf, tmp_path)
-    inst = next(i for i in list(_engine()._all) if i.pid == pid)
-    fd = os.open(inst.slots.path, os.O_RDWR)
+    fd = os.open(_engine()._ahead[("default", "one")].shared.path, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         assert e2.terminate(wait=False) == "QUEUED"
@@ -348,7 +352,7 @@ def test_an_instance_killed_after_running_what_was_sent_ahead_loses_none_of_it(s
     engine = _engine()
     inst = next(i for i in list(engine._all) if i.pid == pid)
     ahead = [_e2, *(scf.invoke("one", {"lines": 3, "touch": str(tmp_path / f"a{i}")}) for i in range(3))]
-    wait_until(lambda: len(inst.ahead) == 4, 20, "four events sent ahead")
+    wait_until(lambda: len(pending()) == 4, 20, "four events sent ahead")
     later = scf.invoke("one", {"lines": 3})
     unread = Unread(engine, inst, [inst.conn_fd, *inst.streams, inst.pidfd])  # the engine stops reading it
 
@@ -431,18 +435,22 @@ def test_terminates_at_random_in_a_stream_of_events(scf: Any) -> None:
 
 
 def test_records_decide_start_or_take_back(tmp_path: Path) -> None:
-    slots = Slots(str(tmp_path / "slots"))
-    claims = Claims(slots.path)
-    assert slots.reserve(1) and claims.claim(1)  # PENDING -> STARTED
-    assert not slots.revoke(1)  # started: cannot be taken back
-    assert slots.reserve(2) and slots.revoke(2)  # PENDING -> REVOKED
-    assert not claims.claim(2)  # the worker skips it
-    assert slots.revoke(2)  # asking again is harmless
-    assert slots.reserve(3) and slots.reserve(4)
-    assert not claims.claim(4 + 16)  # a number it was never sent
-    assert claims.claim(3) and claims.claim(4)
-    assert slots.reserve(3 + 16)  # a decided record is reused
-    assert not slots.reserve(3 + 32)  # one holding an undecided event is not
-    claims.close()
-    slots.remove()
-    assert not os.path.exists(slots.path)
+    shared = Shared(str(tmp_path / "records"))
+    first, second = Claims(shared.path, owner=7), Claims(shared.path, owner=8)
+    assert shared.reserve(1) and shared.reserve(2) and shared.reserve(3)
+    assert first.claim_first([1, 2, 3]) == (1, [2, 3])  # the oldest PENDING one, and what is still worth keeping
+    assert shared.revoke(1) is False and shared.started_by([1, 2]) == {1: 7}  # started: cannot be taken back
+    assert second.claim_first([1, 2, 3]) == (2, [3])  # the other instance skips what the first one took
+    assert shared.revoke(3) is True and shared.revoke(3) is True  # taken back (asking again is harmless)
+    assert first.claim_first([3]) == (None, [])  # nobody starts it any more
+    assert shared.reserve(4) and shared.ban(7, [1, 2, 4]) == [1]  # banned: what it started so far ...
+    assert first.claim_first([4]) == (None, [4])  # ... and nothing more
+    assert second.claim_first([4 + RECORDS]) == (None, [])  # a number it was never sent
+    shared.unban(7)
+    assert first.claim_first([4]) == (4, [])
+    assert shared.reserve(3 + RECORDS)  # a decided record is reused
+    assert shared.reserve(5) and not shared.reserve(5 + RECORDS)  # one holding an undecided event is not
+    first.close()
+    second.close()
+    shared.remove()
+    assert not os.path.exists(shared.path)

@@ -1,29 +1,34 @@
-"""The engine's dispatcher: which instance runs the FIFO's next event, starting instances under the limits, and
-sending events ahead to busy instances (``ahead.py`` has the records that make that safe).
+"""The engine's dispatcher: which instance runs the function's oldest waiting event, starting instances under the
+limits, and sending events ahead to busy instances (``ahead.py`` has the records that make that safe).
 
 ``Dispatcher`` is mixed into :class:`scf_nb.core.engine.Engine` and runs only on the engine thread. Rules:
 
-- An event goes to an idle instance of its function's revision, else to a new one (the warm spare if there is
-  one) if ``concurrency`` and ``max_workers`` allow, else, if its payload is small, ahead to a busy instance
-  (up to ``AHEAD`` each, round robin), else it waits in the FIFO.
-- An event sent ahead stays QUEUED until the event before it on that instance returns. Before anything kills
-  an instance, ``_settle`` takes back what was sent ahead (to the front of the FIFO) or, for what the worker
-  has already started, reads the "done" messages that precede it, so the kill hits exactly what runs.
-- An idle instance, or room for a new one, takes over events waiting behind a busy instance (the event
-  running there may take hours).
+- Per function, events start in the order they were accepted. The oldest waiting event is the first one sent
+  ahead that no worker has started (``Ahead.pending``), else the FIFO's head (events go ahead from the FIFO's
+  head, so everything sent ahead is older than the FIFO).
+- It goes to an idle instance of its function's revision, else to a new one (the warm spare if there is one) if
+  ``concurrency`` and ``max_workers`` allow. Otherwise, while every instance is busy, the FIFO's next small
+  events are sent ahead (up to ``AHEAD`` per busy instance), each to every busy instance; the first to finish
+  claims the oldest, so a long event on one instance holds up nothing behind it.
+- An event sent ahead stays QUEUED until a worker claims it; the worker's "done" for the event before it says
+  which it claimed and when. Before anything kills an instance, ``_settle`` bans it from claiming and reads the
+  "done" messages of what it had claimed already, so the kill hits exactly what runs there.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from .ahead import Slots, slot_path
+from . import wire
+from .ahead import Shared, records_path
 from .instances import BUSY, IDLE, Instance
 from .status import Status
+from .timers import RETRY_S
 
 if TYPE_CHECKING:
     from .config import Config
@@ -32,16 +37,42 @@ if TYPE_CHECKING:
     from .store import Store
 
 log = logging.getLogger("scf_nb")
-AHEAD = 4  # events sent ahead to each busy instance at most
-# Only small events are sent ahead: a few of them always fit in the socket's buffer, so sending one never
-# blocks the engine on an instance that is busy and not reading (a 6 MB sync payload would).
+AHEAD = 4  # events sent ahead per busy instance at most (pending for the function: AHEAD x busy instances)
+# Only small events are sent ahead, and only so many bytes a busy instance has not read yet: they always fit
+# in its socket's buffer, so a send never blocks the engine on an instance that is busy and not reading.
 AHEAD_MAX_BYTES = 16 * 1024
+UNREAD_MAX_BYTES = 96 * 1024
+UNREAD_MAX_RUNS = 16
 _CPUS = os.cpu_count() or 1  # the default concurrency (os.cpu_count() reads a file each call)
 
 
 def _small(payload: str) -> bool:
     """At most AHEAD_MAX_BYTES in UTF-8 (a character takes up to 4 bytes: count them only when it matters)."""
     return len(payload) * 4 <= AHEAD_MAX_BYTES or len(payload.encode("utf-8", "surrogatepass")) <= AHEAD_MAX_BYTES
+
+
+class Ahead:
+    """One function's events sent ahead that no worker is known to have started, oldest first."""
+
+    __slots__ = ("shared", "pending", "seq")
+
+    def __init__(self, path: str) -> None:
+        self.shared = Shared(path)
+        self.pending: deque[tuple[EventState, int, bytes]] = deque()  # (event, record number, its "run" frame)
+        self.seq = 0
+
+    def take(self, seq: int) -> EventState | None:
+        for i, (ev, s, _) in enumerate(self.pending):
+            if s == seq:
+                del self.pending[i]
+                return ev
+        return None
+
+    def entry(self, ev: EventState) -> int | None:
+        for e, s, _ in self.pending:
+            if e is ev:
+                return s
+        return None
 
 
 class Dispatcher:
@@ -52,6 +83,7 @@ class Dispatcher:
         store: Store
         _queues: dict[tuple[str, str], deque[EventState]]
         _pools: dict[tuple[str, str], list[Instance]]
+        _ahead: dict[tuple[str, str], Ahead]
         _all: set[Instance]
         _by_token: dict[str, Instance]
         _spare: Instance | None
@@ -59,6 +91,7 @@ class Dispatcher:
         _closed: bool
         _need_dispatch: bool
         _address: str
+        _sockdir: str
         _numbers: Any
         _spawner: Any
 
@@ -74,23 +107,70 @@ class Dispatcher:
     # -- dispatch ---------------------------------------------------------------------------------------------
     def _dispatch(self, key: tuple[str, str]) -> None:
         queue = self._queues.get(key)
-        while queue and not self._closing:
-            inst = self._instance_for(queue[0].fn)
+        ahead = self._ahead.get(key)
+        while not self._closing:
+            if ahead is not None and ahead.pending:
+                fn = ahead.pending[0][0].fn
+            elif queue:
+                fn = queue[0].fn
+            else:
+                break
+            inst = self._instance_for(fn)
             if inst is None:
                 break
-            self._assign(inst, queue.popleft())
+            ev, now = self._oldest(key, inst)
+            if ev is None:
+                break
+            self._assign(inst, ev, now)
         if queue and not self._closing:
             self._fill_ahead(queue)
         if not queue:
             self._queues.pop(key, None)
 
+    def _oldest(self, key: tuple[str, str], inst: Instance) -> tuple[EventState | None, float]:
+        """Take the oldest event waiting for ``inst``'s revision: the first event sent ahead that can still be
+        taken back, else the FIFO's head; with its start time."""
+        ahead = self._ahead.get(key)
+        if ahead is not None:
+            for ev, seq, _ in list(ahead.pending):
+                if ev.fn.revision != inst.revision:
+                    continue
+                taken = ahead.shared.revoke(seq)
+                if taken is None:  # a worker holds the lock: ask again shortly, start nothing out of order
+                    self._schedule(RETRY_S, "dispatch", key)
+                    return None, 0.0
+                if taken:
+                    ahead.take(seq)
+                    return ev, self._from_wall(ahead.shared.revoked_at)
+                # a worker started it: its "done" will say so
+        queue = self._queues.get(key)
+        if queue and queue[0].fn.revision == inst.revision:
+            return queue.popleft(), self.clock()
+        return None, 0.0
+
+    def _from_wall(self, at: float) -> float:
+        """A time.time() reading (a worker's, or one taken in the records' lock) on the engine's clock."""
+        clock = self.clock
+        return at if clock is time.time else clock() - (time.time() - at)
+
+    def _timer_dispatch(self, key: tuple[str, str]) -> None:
+        self._dispatch(key)
+
     def _dispatch_waiting(self) -> None:
-        """Capacity changed somewhere: every queue, and every event waiting behind a busy instance, may move."""
-        for key, pool in list(self._pools.items()):
-            if any(inst.ahead for inst in pool):
-                self._reclaim(key, pool)
-        for key in list(self._queues):
+        """Capacity changed somewhere: every queue, and every event sent ahead, may move."""
+        keys = [*self._queues, *(k for k, a in self._ahead.items() if a.pending and k not in self._queues)]
+        for key in keys:
             self._dispatch(key)
+
+    def _has_pending(self, inst: Instance) -> bool:
+        """Whether events of ``inst``'s function wait, sent ahead (it may have claimed one of them)."""
+        ahead = self._ahead.get(inst.key) if inst.key is not None else None
+        return ahead is not None and bool(ahead.pending)
+
+    def _may_claim(self, inst: Instance) -> bool:
+        """Whether ``inst`` holds a run sent ahead that is still pending, so it may start it on its own."""
+        ahead = self._ahead.get(inst.key) if inst.key is not None else None
+        return ahead is not None and bool(ahead.pending) and inst.sent_upto >= ahead.pending[0][1]
 
     def _instance_for(self, fn: Function) -> Instance | None:
         """An idle instance of ``fn``'s revision, or a new one if the limits allow (replacing an idle one
@@ -118,8 +198,10 @@ class Dispatcher:
         inst, self._spare = self._spare, None
         if inst is None:
             inst = self._spawn(fn)
+            inst.records = self.records_for(fn.key)
         else:
             inst.fn = fn
+            inst.records = self.records_for(fn.key)
             if inst.conn is not None:
                 try:
                     inst.load()
@@ -141,16 +223,16 @@ class Dispatcher:
         if self.config.warm_spare and self._spare is None and not self._closing and not self._closed:
             self._spare = self._spawn(None)
 
-    def _assign(self, inst: Instance, ev: EventState) -> None:
-        self._begin(inst, ev)
+    def _assign(self, inst: Instance, ev: EventState, now: float | None = None) -> None:
+        self._begin(inst, ev, now)
         if inst.state == IDLE:
             self._send_run(inst)
 
-    def _begin(self, inst: Instance, ev: EventState) -> None:
-        """``ev`` is RUNNING on ``inst`` from now."""
+    def _begin(self, inst: Instance, ev: EventState, now: float | None = None) -> None:
+        """``ev`` is RUNNING on ``inst`` from ``now`` (the engine's clock by default)."""
         with self.store.lock:
             ev.status = Status.RUNNING
-            ev.run_time = self.clock()
+            ev.run_time = self.clock() if now is None else now
             ev.instance_pid = inst.pid
             self.store.changed(ev)
         ev.instance = inst
@@ -174,48 +256,72 @@ class Dispatcher:
                 self.store.changed(ev)
             self._queues.setdefault(ev.fn.key, deque()).appendleft(ev)
             self._broken(inst)
+            return
+        ahead = self._ahead.get(ev.fn.key)
+        if ahead is not None and ahead.pending:
+            self._feed(inst, ahead)  # it must hold every event sent ahead before it may claim one
 
     # -- sending ahead ------------------------------------------------------------------------------------------
-    def _fill_ahead(self, queue: deque[EventState]) -> None:
-        """Every instance is busy: send the FIFO's next events ahead, one per busy instance per round, up to
-        ``AHEAD`` each. The FIFO's head stops it (too big, or of another revision): nothing jumps it."""
-        pool = [inst for inst in self._pools.get(queue[0].fn.key, ())
-                if inst.state == BUSY and inst.event is not None and inst.conn is not None and not inst.settling]
-        while queue and pool:
-            for inst in list(pool):
-                ev = queue[0]
-                if (len(inst.ahead) >= AHEAD or inst.revision != ev.fn.revision or inst.state != BUSY
-                        or not _small(ev.payload)):
-                    pool.remove(inst)
-                    continue
-                queue.popleft()
-                try:
-                    sent = self._send_ahead(inst, ev)
-                except Exception:  # never lose the event: it stays first in the FIFO
-                    log.exception("scf_nb: sending an event ahead failed")
-                    sent = False
-                if not sent:
-                    queue.appendleft(ev)
-                    pool.remove(inst)
-                if not queue:
-                    return
+    def records_for(self, key: tuple[str, str]) -> str:
+        """The path of the records of function ``key``'s events sent ahead (made on first use)."""
+        name = hashlib.sha1(repr(key).encode()).hexdigest()[:20]
+        return records_path(self._sockdir, name)
 
-    def _send_ahead(self, inst: Instance, ev: EventState) -> bool:
-        if inst.slots is None:
-            inst.slots = Slots(slot_path(self._address, inst.token))
-        seq = inst.ahead_seq + 1
-        if not inst.slots.reserve(seq):
-            return False
-        inst.ahead_seq = seq
-        try:
-            inst.send(("run", ev.request_id, ev.payload, ev.qualifier, ev.fn.version, seq))
-        except (OSError, ValueError):  # it is gone: the run never got there whole, nothing can claim it
-            inst.slots.revoke(seq)
-            self._broken(inst)
-            return False
-        inst.ahead.append((ev, seq))
-        ev.instance = inst
-        return True
+    def _fill_ahead(self, queue: deque[EventState]) -> None:
+        """Every instance is busy: send the FIFO's next events ahead, each to every busy instance of its
+        revision, up to ``AHEAD`` per busy instance. The FIFO's head stops it (too big, or of another revision):
+        nothing jumps it."""
+        head = queue[0]
+        key = head.fn.key
+        targets = [inst for inst in self._pools.get(key, ())
+                   if inst.state == BUSY and inst.event is not None and inst.conn is not None and not inst.settling
+                   and not inst.banned and inst.revision == head.fn.revision]
+        if not targets:
+            return
+        ahead = self._ahead.get(key)
+        if ahead is None:
+            ahead = self._ahead[key] = Ahead(self.records_for(key))
+        cap = AHEAD * len(targets)
+        while queue and len(ahead.pending) < cap:
+            ev = queue[0]
+            if ev.fn.revision != head.fn.revision or not _small(ev.payload):
+                break
+            seq = ahead.seq + 1
+            if not ahead.shared.reserve(seq):
+                break
+            ahead.seq = seq
+            queue.popleft()
+            frame = wire.frame(("run", ev.request_id, ev.payload, ev.qualifier, ev.fn.version, seq))
+            ahead.pending.append((ev, seq, frame))
+        for inst in targets:
+            self._feed(inst, ahead)
+
+    def _feed(self, inst: Instance, ahead: Ahead) -> None:
+        """Send ``inst`` the events sent ahead that it does not hold yet, in order, as far as its socket's buffer
+        surely takes them (it reads them at the end of its current event)."""
+        frames = []
+        unread = sum(inst.unread)
+        for ev, seq, frame in ahead.pending:
+            if seq <= inst.sent_upto or ev.fn.revision != inst.revision:
+                continue
+            if len(inst.unread) >= UNREAD_MAX_RUNS or unread + len(frame) > UNREAD_MAX_BYTES:
+                break
+            frames.append(frame)
+            inst.unread.append(len(frame))
+            unread += len(frame)
+            inst.sent_upto = seq
+        if frames:
+            try:
+                inst.conn.sendall(b"".join(frames) if len(frames) > 1 else frames[0])
+            except (OSError, ValueError):  # it is gone: nothing it was sent can be claimed by it any more
+                self._broken(inst)
+
+    def _read_up_to(self, inst: Instance, received: int) -> None:
+        """The worker had read ``received`` runs sent ahead when it sent its "done": they left its socket."""
+        for _ in range(received - inst.acked):
+            if inst.unread:
+                inst.unread.popleft()
+        inst.acked = received
 
     def _broken(self, inst: Instance) -> None:
         """A send to ``inst`` failed (its process is gone). It is killed from the loop's next turn, not here:
@@ -224,33 +330,26 @@ class Dispatcher:
         self._post(("broken", inst))
 
     def _settle(self, inst: Instance) -> bool:
-        """Make the engine's view of ``inst`` exact before a kill: take back the events sent ahead, newest
-        first (the worker takes them in order, so once one has started every one before it has); those go
-        back to the front of the FIFO. If one has started, the "done" of each before it is readable now (sent
-        before it started): read them, which makes it the current event. Nothing is dispatched meanwhile.
+        """Make the engine's view of ``inst`` exact before a kill: ban it from claiming events sent ahead; if it
+        has claimed some already, the "done" of each event before them is readable now (sent before the claim
+        was acted on): read them, which makes the newest the current event. Nothing is dispatched meanwhile.
 
         Returns:
-            False if the worker could not be asked (it holds the records' lock: stopped?): nothing is exact,
+            False if the workers could not be asked (one holds the records' lock: stopped?): nothing is exact,
             try again later.
         """
+        ahead = self._ahead.get(inst.key) if inst.key is not None else None
+        if ahead is None or inst.conn is None or inst.sent_upto == 0:
+            return True  # it never held an event sent ahead: it cannot have claimed one
         inst.settling = True
         try:
-            back: list[EventState] = []
-            answer: bool | None = True
-            while inst.ahead:
-                answer = inst.slots.revoke(inst.ahead[-1][1])
-                if not answer:
-                    break
-                ev, _seq = inst.ahead.pop()
-                ev.instance = None
-                back.append(ev)
-            if back:
-                self._queues.setdefault(back[0].fn.key, deque()).extendleft(back)  # newest first: order kept
-                self._need_dispatch = True
-            if answer is None:
+            mine = ahead.shared.ban(inst.number, [seq for _, seq, _ in ahead.pending])
+            if mine is None:
                 return False
+            inst.banned = True
+            claimed = set(mine)
             for _ in range(10_000):
-                if not inst.ahead:
+                if not any(seq in claimed for _, seq, _ in ahead.pending):
                     return True
                 progress = self._handle_msgs(inst)
                 progress = (inst.conn_fd in inst.open_fds and self._on_conn(inst.conn_fd, inst)) or progress
@@ -258,51 +357,49 @@ class Dispatcher:
                     progress = (fd in inst.open_fds and self._on_pipe(fd, inst)) or progress
                 if not progress:
                     break
-            return not inst.ahead  # else the worker is gone: _maybe_reap settles the rest
+            return not any(seq in claimed for _, seq, _ in ahead.pending)  # else the worker is gone: reaping ends it
         finally:
             inst.settling = False
 
-    def _steal(self, idle: Instance) -> None:
-        """``idle`` has nothing to do: take over the oldest event sent ahead to a busy instance (it waits there
-        behind an event that may run for hours, and it is older than anything in the FIFO)."""
-        for inst in self._pools.get(idle.key, ()):  # type: ignore[arg-type]
-            for i, (ev, seq) in enumerate(inst.ahead):
-                if ev.fn.revision == idle.revision and inst.slots.revoke(seq):  # the worker will skip it
-                    del inst.ahead[i]
-                    self._assign(idle, ev)
-                    return
+    def _unban(self, inst: Instance) -> None:
+        """``inst`` was settled but not killed (its event had returned): it may claim events sent ahead again."""
+        if inst.banned:
+            inst.banned = False
+            ahead = self._ahead.get(inst.key) if inst.key is not None else None
+            if ahead is not None:
+                ahead.shared.unban(inst.number)
 
-    def _reclaim(self, key: tuple[str, str], pool: list[Instance]) -> None:
-        """Room for another instance (one was reaped): the oldest event sent ahead goes back to the front of
-        the FIFO, for a new instance to take."""
-        waiting = [inst for inst in pool if inst.ahead and inst.state == BUSY]
-        if not waiting:
-            return
-        inst = min(waiting, key=lambda i: i.ahead[0][0].key)
-        ev, seq = inst.ahead[0]
-        room = any(i.state == IDLE for i in pool) or (
-            len(pool) < (ev.fn.concurrency or _CPUS)
-            and sum(len(p) for p in self._pools.values()) < self.config.max_workers)
-        if room and inst.slots.revoke(seq):
-            inst.ahead.popleft()
-            ev.instance = None
-            self._queues.setdefault(key, deque()).appendleft(ev)
+    def _steal(self, idle: Instance) -> None:
+        """``idle`` has nothing to do: it takes the oldest waiting event of its function (sent ahead or not)."""
+        if idle.key is not None:
+            self._dispatch(idle.key)
 
     def _release_ahead(self, inst: Instance) -> None:
-        """``inst`` is gone: what was sent ahead and never started goes back to its FIFO (or fails, if the
-        engine is stopping); what may have started fails with the instance. Its records tell which."""
-        for ev, seq in reversed(inst.ahead):
-            if ev.status.is_terminal:
-                continue
-            ev.instance = None
-            revoked = inst.slots is not None and inst.slots.revoke(seq) is True
-            if revoked and not self._closing:
-                self._queues.setdefault(ev.fn.key, deque()).appendleft(ev)
-                self._need_dispatch = True
-            elif revoked:
-                self._end(ev, Status.FAILED, duration_ms=0.0, error_type="EngineStopped",
-                          error_message="the engine stopped before the event ran", exit_reason="engine stopped")
-            else:
+        """``inst`` is gone. An event sent ahead that it claimed without the engine ever reading its "done"
+        (it died between the two) fails with it; every other one stays for the instances still there."""
+        ahead = self._ahead.get(inst.key) if inst.key is not None else None
+        if ahead is None:
+            return
+        if inst.banned:
+            ahead.shared.unban(inst.number)
+            inst.banned = False
+        if not ahead.pending or inst.sent_upto == 0:
+            return
+        owners = ahead.shared.started_by([seq for _, seq, _ in ahead.pending])
+        if owners is None:  # cannot ask now: the next look at the records after a revoke fails decides
+            return
+        for ev, seq, _ in list(ahead.pending):
+            if owners.get(seq) == inst.number:
+                ahead.take(seq)
                 self._end(ev, Status.FAILED, error_type="InstanceDied", exit_reason="instance died",
-                          error_message="the instance it was sent ahead to died (it may have started)")
-        inst.ahead.clear()
+                          error_message="the instance died as it started the event (it was sent ahead)")
+        self._need_dispatch = True
+
+    def _abandon_ahead(self) -> None:
+        """The engine stops: what was sent ahead and never started fails as never run."""
+        for ahead in self._ahead.values():
+            for ev, seq, _ in list(ahead.pending):
+                if ahead.shared.revoke(seq):
+                    ahead.take(seq)
+                    self._end(ev, Status.FAILED, duration_ms=0.0, error_type="EngineStopped",
+                              error_message="the engine stopped before the event ran", exit_reason="engine stopped")

@@ -44,7 +44,7 @@ from typing import Any
 
 from .admission import Admission, encode_event
 from .config import Config
-from .dispatch import Dispatcher
+from .dispatch import Ahead, Dispatcher
 from .errors import ScfError
 from .functions import Function, Registry
 from .instance_io import REAPED, InstanceIO, Poller
@@ -76,6 +76,7 @@ class Engine(Dispatcher, Timers, InstanceIO):
         self._to_wake: list[Any] = []  # their locks, released at the end of this turn of the loop
         self._queues: dict[tuple[str, str], deque[EventState]] = {}
         self._pools: dict[tuple[str, str], list[Instance]] = {}  # instances not dying, per function
+        self._ahead: dict[tuple[str, str], Ahead] = {}  # events sent ahead, per function
         self._all: set[Instance] = set()
         self._by_token: dict[str, Instance] = {}
         self._inbox: deque[tuple[Any, ...]] = deque()
@@ -209,6 +210,8 @@ class Engine(Dispatcher, Timers, InstanceIO):
         self._thread.join(timeout=15)
         self._spawner.stop()
         self.store.close()
+        for ahead in self._ahead.values():
+            ahead.shared.close()
         self._sel.close()
         self._listener.close()
         for fd in (self._wake_r, self._wake_w):
@@ -319,8 +322,23 @@ class Engine(Dispatcher, Timers, InstanceIO):
     def _cmd_terminate(self, ev: EventState, grace: bool) -> None:
         if ev.status.is_terminal:
             return
+        ahead = self._ahead.get(ev.fn.key)
+        seq = ahead.entry(ev) if ahead is not None and ev.status is Status.QUEUED else None
+        if seq is not None:  # sent ahead: take it back, unless a worker has just started it
+            assert ahead is not None
+            taken = ahead.shared.revoke(seq)
+            owner = None if taken is not False else (ahead.shared.started_by([seq]) or {}).get(seq)
+            runs_on = next((i for i in self._pools.get(ev.fn.key, ()) if i.number == owner), None)
+            if taken:
+                ahead.take(seq)
+                self._end(ev, Status.ABORTED, duration_ms=0.0, exit_reason="terminated while queued")
+            elif runs_on is None or not self._settle(runs_on):  # the "done" before it tells where it runs
+                self._schedule(RETRY_S, "terminate", (ev, grace))
+            else:
+                self._cmd_terminate(ev, grace)
+            return
         inst = ev.instance
-        if inst is not None and inst.ahead:
+        if inst is not None and self._has_pending(inst):
             if not self._settle(inst):  # which event runs there, exactly, before anything is killed
                 self._schedule(RETRY_S, "terminate", (ev, grace))  # the worker could not be asked yet
                 return
@@ -363,6 +381,7 @@ class Engine(Dispatcher, Timers, InstanceIO):
         for inst in list(self._all):  # first: an event sent ahead and not started goes back to its queue
             self._kill(inst, Outcome(Status.FAILED, "EngineStopped", "the engine stopped while the event ran",
                                      "engine stopped"))
+        self._abandon_ahead()
         for queue in self._queues.values():
             for ev in queue:
                 self._end(ev, Status.FAILED, duration_ms=0.0, error_type="EngineStopped",

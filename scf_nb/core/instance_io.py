@@ -7,6 +7,7 @@ runs only on the engine thread and uses the engine's selector, store and dispatc
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import signal
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from .store import Store
 
 REAPED = "reaped"
+log = logging.getLogger("scf_nb")
 _RECV_BYTES = 1 << 16
 _EXIT_STATUS_WAIT_S = 0.2
 _BY_SIGNAL = {getattr(os, "CLD_KILLED", 2), getattr(os, "CLD_DUMPED", 3)}
@@ -71,16 +73,23 @@ class InstanceIO:
         _need_dispatch: bool
         _spawner: Any
 
-        def clock(self) -> float: ...
+        clock: Any
         def _send_run(self, inst: Instance) -> None: ...
         _queues: dict[tuple[str, str], Any]
 
-        def _begin(self, inst: Instance, ev: EventState) -> None: ...
         def _dispatch(self, key: tuple[str, str]) -> None: ...
         def _end(self, ev: EventState, status: Status, **fields: Any) -> None: ...
         def _cmd_exited(self, inst: Instance) -> None: ...
         def _settle(self, inst: Instance) -> bool: ...
         def _release_ahead(self, inst: Instance) -> None: ...
+        def _has_pending(self, inst: Instance) -> bool: ...
+        def _may_claim(self, inst: Instance) -> bool: ...
+        def _unban(self, inst: Instance) -> None: ...
+        def _from_wall(self, at: float) -> float: ...
+        def _read_up_to(self, inst: Instance, received: int) -> None: ...
+        def _feed(self, inst: Instance, ahead: Any) -> None: ...
+        def _begin(self, inst: Instance, ev: EventState, now: float | None = None) -> None: ...
+        _ahead: dict[tuple[str, str], Any]
         def _handle_msgs(self, inst: Instance) -> bool: ...
         def _broken(self, inst: Instance) -> None: ...
         def _steal(self, idle: Instance) -> None: ...
@@ -208,7 +217,7 @@ class InstanceIO:
 
     def _on_pipe(self, fd: int, inst: Instance) -> bool:
         """Read a capture pipe; True if anything came."""
-        if inst.ahead and inst.conn_fd in inst.open_fds:
+        if inst.conn_fd in inst.open_fds and self._may_claim(inst):
             # The event sent ahead may be running already: then the "done" of the one before it is waiting on
             # the socket (sent before the next one started), and must be read first, so that what is in the
             # pipe after it goes to the right event.
@@ -273,8 +282,8 @@ class InstanceIO:
         EOF (or ``outcome`` None: as an unexpected death, with the cause)."""
         if inst.state == REAPED:
             return
-        if inst.ahead:
-            self._settle(inst)  # the event sent ahead must not die with this one
+        if self._has_pending(inst):
+            self._settle(inst)  # an event sent ahead must not die with this one
             if inst.state == REAPED:  # settling read it to its end
                 return
         if inst.outcome is None:
@@ -321,9 +330,6 @@ class InstanceIO:
             self._end(ev, out.status, error_type=out.error_type, error_message=out.error_message,
                       exit_reason=out.exit_reason)
         self._release_ahead(inst)  # only if it could not be settled before (the worker was stuck)
-        if inst.slots is not None:
-            inst.slots.remove()
-            inst.slots = None
         if inst.pid:
             self.store.later("DELETE FROM instances WHERE pgid = ?", (inst.pid,))
         self._spawner.dispose(inst)
@@ -355,7 +361,7 @@ class InstanceIO:
 
     def _complete_one(self, inst: Instance) -> bool:
         """End ``inst``'s current event with the first "done" waiting, if its END markers are in too."""
-        _, status, payload, duration_ms, mem, drained = inst.dones[0]
+        _, status, payload, duration_ms, mem, drained, claimed, claimed_at, received = inst.dones[0]
         if drained:  # the pipes were empty when it ended: all its lines are read, and no END markers come
             for splitter in inst.streams.values():
                 if not splitter.ended:
@@ -372,22 +378,27 @@ class InstanceIO:
         if status == "FINISHED":
             self._end(ev, Status.FINISHED, duration_ms=duration_ms, result=payload, mem_usage_bytes=mem,
                       exit_reason="returned")
-            if inst.state != BUSY:  # being killed: it serves nothing more (reaping settles what was sent ahead)
+            nxt = self._claimed(inst, claimed)
+            if inst.state != BUSY:  # being killed: it serves nothing more
+                if nxt is not None:  # (it was banned first, so this cannot be; never leave an event hanging)
+                    self._end(nxt, Status.FAILED, error_type="InstanceDied", exit_reason="instance died",
+                              error_message="the instance was being stopped as it started the event")
                 self._refeed_held(inst)
                 self._need_dispatch = True
                 return True
-            if inst.ahead:  # the worker starts the next one sent ahead now (nothing took it back)
-                self._begin(inst, inst.ahead.popleft()[0])
+            self._read_up_to(inst, received)
+            if nxt is not None:  # the worker started the oldest event sent ahead right after this one
+                self._begin(inst, nxt, self._from_wall(claimed_at))
+                self._feed(inst, self._ahead[ev.fn.key])
             else:
                 inst.state = IDLE
                 inst.idle_since = time.monotonic()
+                self._unban(inst)  # it claims only at the end of an event: nothing to fear until the next run
             self._refeed_held(inst)
             if inst.settling:  # in the middle of a kill decision: dispatch later, never onto this instance now
                 self._need_dispatch = True
                 return True
-            if inst.state == IDLE:
-                self._steal(inst)
-            self._dispatch(ev.fn.key)
+            self._dispatch(ev.fn.key)  # an idle instance takes the oldest waiting event
             if inst.state == IDLE and self._queues:  # another function may want the room it takes
                 self._need_dispatch = True
         else:
@@ -398,6 +409,16 @@ class InstanceIO:
                       error_traceback=payload["traceback"], exit_reason="the handler raised; instance replaced")
             self._kill(inst, None)  # SCF's instance repossession: the next event gets a fresh process
         return True
+
+    def _claimed(self, inst: Instance, seq: int | None) -> EventState | None:
+        """The event sent ahead that ``inst``'s worker says it claimed (as record ``seq``), taken off the pending
+        ones."""
+        if seq is None:
+            return None
+        ev = self._ahead[inst.key].take(seq)  # type: ignore[index]
+        if ev is None:  # cannot be: a claimed record is never taken back
+            log.error("scf_nb: instance %s claimed unknown record %s", inst.number, seq)
+        return ev
 
     def _refeed_held(self, inst: Instance) -> None:
         """Lines read after an END marker belong to the event after the one that just ended."""

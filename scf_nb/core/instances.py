@@ -63,11 +63,14 @@ class Instance:
         self.exited = False
         self.exitcode: int | None = None  # as the pidfd told, when it did
         self.idle_since = 0.0
-        # Sent ahead, in order, with their record numbers (still QUEUED): each starts when the one before returns.
-        self.ahead: deque[tuple[EventState, int]] = deque()
-        self.ahead_seq = 0  # the last record number used
-        self.slots: Any = None  # ahead.Slots, made with the first event sent ahead
-        self.settling = False  # the engine is taking back or catching up with what was sent ahead
+        # Events sent ahead (dispatch.py): the records of the function's, the newest one sent to this instance,
+        # the sizes of those it has not read yet, how many it had read at its last "done", whether it is banned
+        self.records = ""
+        self.sent_upto = 0
+        self.unread: deque[int] = deque()
+        self.acked = 0
+        self.banned = False
+        self.settling = False  # the engine is catching up with what it claimed, before a kill
         self.deadline = 0.0  # time.monotonic() by which its event must end
         self.deadline_armed = False  # a "deadline" timer is pending for it
         self.started_at = 0.0
@@ -87,7 +90,8 @@ class Instance:
         assert fn is not None and self.conn is not None
         context = {"function_name": fn.name, "namespace": fn.namespace, "memory_limit_in_mb": fn.memory_mb}
         self.send(("load", {"name": fn.name, "code": fn.code, "handler": fn.handler, "env": dict(fn.env),
-                            "context": context, "timeout": fn.effective_timeout}))
+                            "context": context, "timeout": fn.effective_timeout, "records": self.records,
+                            "number": self.number}))
 
     def send(self, msg: tuple[Any, ...]) -> None:
         self.conn.sendall(wire.frame(msg))

@@ -32,6 +32,8 @@ class Timers:
 
         def _schedule(self, delay: float, kind: str, obj: Any) -> None: ...
         def _settle(self, inst: Instance) -> bool: ...
+        def _has_pending(self, inst: Instance) -> bool: ...
+        def _unban(self, inst: Instance) -> None: ...
         def _kill(self, inst: Instance, outcome: Outcome | None, sig: int = ..., grace: float = ...) -> None: ...
 
     def _timer_deadline(self, inst: Instance) -> None:
@@ -40,17 +42,19 @@ class Timers:
         ev = inst.event
         if ev is None or ev.status is not Status.RUNNING or inst.state == DYING or inst.state == REAPED:
             return
-        if inst.deadline - time.monotonic() <= 0.001 and inst.ahead:
-            # it may have returned, and the one sent ahead started (with its own deadline)
+        if inst.deadline - time.monotonic() <= 0.001 and self._has_pending(inst):
+            # it may have returned, and started an event sent ahead (with its own deadline)
             if not self._settle(inst):
                 inst.deadline_armed = True
                 self._schedule(RETRY_S, "deadline", inst)
                 return
             ev = inst.event
             if ev is None or ev.status is not Status.RUNNING or inst.deadline_armed:
+                self._unban(inst)
                 return
         left = inst.deadline - time.monotonic()
         if left > 0.001:
+            self._unban(inst)
             inst.deadline_armed = True
             self._schedule(left, "deadline", inst)
             return
@@ -71,12 +75,14 @@ class Timers:
                                          f"the instance did not start within {_START_TIMEOUT_S:g} s", "start"))
             elif inst.state == BUSY and inst.fn.memory_mb and inst.pid:
                 limited = True
-                if inst.ahead and not self._settle(inst):  # know which event runs before blaming it
+                if self._has_pending(inst) and not self._settle(inst):  # know which event runs before blaming it
                     continue
                 if inst.state != BUSY:
                     continue
                 used = _rss(inst.pid)
-                if used > inst.fn.memory_mb * 1024 * 1024:
+                if used <= inst.fn.memory_mb * 1024 * 1024:
+                    self._unban(inst)
+                else:
                     self._kill(inst, Outcome(
                         Status.FAILED, "MemoryLimitExceeded",
                         f"memory limit exceeded: {used / 2**20:.0f} MB used, memory_mb={inst.fn.memory_mb}",

@@ -37,11 +37,12 @@ import termios
 import time
 import traceback
 import types
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
 from . import wire
-from .ahead import Claims, slot_path
+from .ahead import Claims
 
 END_MARKER = b"\x00\x1fscf_nb:end\x1f\x00"
 INSTANCE_MARK = "SCF_NB_ENGINE_PID"
@@ -114,11 +115,23 @@ def serve(address: str, token: str) -> None:
         os.close(fd)
     # Idle, a receive gives up after _REAP_EVERY_S, to collect adopted orphans now and then.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(_REAP_EVERY_S), 0))
-    runner = _Runner(sock, slot_path(address, token))
+    runner = _Runner(sock)
     signal.signal(signal.SIGTERM, runner.on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    reader = wire.Reader()
     while True:
+        while runner.inbox:
+            msg = runner.inbox.popleft()
+            if msg[0] == "run":
+                if msg[5] is None:  # for us: run it (and then whatever we claim after it)
+                    runner.run(*msg[1:5])
+                else:  # sent ahead (to every busy instance): a candidate for the end of our next event
+                    runner.candidates.append(msg)
+                    runner.received += 1
+            elif msg[0] == "load":
+                runner.spec = msg[1]
+                os.environ.update(runner.spec["env"])
+            elif msg[0] == "stop":
+                return
         try:
             data = sock.recv(_RECV_BYTES)
         except BlockingIOError:  # SO_RCVTIMEO: nothing came for a while
@@ -128,14 +141,7 @@ def serve(address: str, token: str) -> None:
             return
         if not data:  # the engine is gone
             return
-        for msg in reader.feed(data):
-            if msg[0] == "run":
-                runner.run(*msg[1:])
-            elif msg[0] == "load":
-                runner.spec = msg[1]
-                os.environ.update(runner.spec["env"])
-            elif msg[0] == "stop":
-                return
+        runner.inbox.extend(runner.reader.feed(data))
 
 
 _RECV_BYTES = 1 << 16
@@ -181,10 +187,13 @@ def _capture_stdio() -> list[int]:
 
 
 class _Runner:
-    def __init__(self, sock: socket.socket, slots: str) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         self.spec: dict[str, Any] = {}
         self.sock = sock
-        self.slots = slots
+        self.reader = wire.Reader()
+        self.inbox: deque[tuple[Any, ...]] = deque()  # received, not handled yet
+        self.candidates: list[tuple[Any, ...]] = []  # runs sent ahead, in order: one may be claimed at an end
+        self.received = 0  # runs sent ahead that we have read: the engine counts what is still in our socket
         self.claims: Claims | None = None
         self.failed = False  # an event did not return: this instance is being replaced, start nothing more
         self.handler: Any = None
@@ -195,12 +204,15 @@ class _Runner:
             self.running = False
             raise Terminated()
 
-    def run(self, request_id: str, event_json: str, qualifier: str, version: str, ahead: int | None) -> None:
-        if ahead is not None:  # sent ahead while we were busy: start it only if the engine has not taken it back
-            if self.claims is None:
-                self.claims = Claims(self.slots)
-            if self.failed or not self.claims.claim(ahead):
+    def run(self, request_id: str, event_json: str, qualifier: str, version: str) -> None:
+        """Run one event, then, as long as we claim one, the oldest event sent ahead that nobody started."""
+        while True:
+            nxt = self._run_one(request_id, event_json, qualifier, version)
+            if nxt is None:
                 return
+            _, request_id, event_json, qualifier, version, _seq = nxt
+
+    def _run_one(self, request_id: str, event_json: str, qualifier: str, version: str) -> tuple[Any, ...] | None:
         _reset_peak_memory()
         timeout = self.spec["timeout"]
         ctx = Context(self.spec["context"], request_id=request_id, qualifier=qualifier, function_version=version,
@@ -233,9 +245,41 @@ class _Runner:
             for fd in _OWN_ENDS:
                 os.write(fd, END_MARKER + b"\n")
         memory = _peak_memory() if duration_ms >= _PEAK_AFTER_MS else _resident_memory()
-        self.sock.sendall(wire.frame(("done", outcome[0], outcome[1], duration_ms, memory, drained)))
+        nxt, claimed_at = self._claim()
+        self.sock.sendall(wire.frame(("done", outcome[0], outcome[1], duration_ms, memory, drained,
+                                      None if nxt is None else nxt[5], claimed_at, self.received)))
         if time.monotonic() - _last_reap[0] > _REAP_EVERY_S:
             _reap_orphans()
+        return nxt
+
+    def _claim(self) -> tuple[tuple[Any, ...] | None, float]:
+        """At the end of an event: read what the engine sent meanwhile, and claim the first run sent ahead
+        that is still PENDING (the oldest waiting event of this function), unless we are being replaced."""
+        msgs, self.inbox = list(self.inbox), deque()  # runs sent ahead that came with the one just run come first
+        try:
+            while True:
+                data = self.sock.recv(_RECV_BYTES, socket.MSG_DONTWAIT)
+                if not data:
+                    break
+                msgs += self.reader.feed(data)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:  # the engine is gone: the serve loop sees it next
+            pass
+        for msg in msgs:
+            if msg[0] == "run" and msg[5] is not None:
+                self.candidates.append(msg)
+                self.received += 1
+            else:
+                self.inbox.append(msg)
+        if not self.candidates or self.failed:
+            return None, 0.0
+        if self.claims is None:
+            self.claims = Claims(self.spec["records"], self.spec["number"])
+        by_seq = {m[5]: m for m in self.candidates}
+        seq, keep = self.claims.claim_first(list(by_seq))
+        self.candidates = [by_seq[s] for s in keep]
+        return (by_seq[seq] if seq is not None else None), self.claims.claimed_at
 
     def _load(self) -> Any:
         """Cold start: run the function's module top level once; its state stays for warm events."""
