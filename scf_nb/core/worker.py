@@ -245,9 +245,10 @@ class _Runner:
             for fd in _OWN_ENDS:
                 os.write(fd, END_MARKER + b"\n")
         memory = _peak_memory() if duration_ms >= _PEAK_AFTER_MS else _resident_memory()
+        ended_at = time.time()  # before the claim: the next event's start is later
         nxt, claimed_at = self._claim()
         self.sock.sendall(wire.frame(("done", outcome[0], outcome[1], duration_ms, memory, drained,
-                                      None if nxt is None else nxt[5], claimed_at, self.received)))
+                                      None if nxt is None else nxt[5], claimed_at, self.received, ended_at)))
         if time.monotonic() - _last_reap[0] > _REAP_EVERY_S:
             _reap_orphans()
         return nxt
