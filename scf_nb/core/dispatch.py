@@ -142,11 +142,21 @@ class Dispatcher:
                 if taken:
                     ahead.take(seq)
                     return ev, self._from_wall(ahead.shared.revoked_at)
-                # a worker started it: its "done" will say so
+                self._orphaned(ahead, ev, seq)  # a worker started it: its "done" will say so, unless it died
         queue = self._queues.get(key)
         if queue and queue[0].fn.revision == inst.revision:
             return queue.popleft(), self.clock()
         return None, 0.0
+
+    def _orphaned(self, ahead: Ahead, ev: EventState, seq: int) -> bool:
+        """Fail ``ev`` if the instance that claimed it is gone without saying so (True if it did)."""
+        owner = (ahead.shared.started_by([seq]) or {}).get(seq)
+        if owner is None or any(i.number == owner for i in self._all):
+            return False
+        ahead.take(seq)
+        self._end(ev, Status.FAILED, error_type="InstanceDied", exit_reason="instance died",
+                  error_message="the instance died as it started the event (it was sent ahead)")
+        return True
 
     def _from_wall(self, at: float) -> float:
         """A time.time() reading (a worker's, or one taken in the records' lock) on the engine's clock."""

@@ -8,12 +8,12 @@
     RequestId, QUEUED record -> store buffer
     inbox.append(event), wake ------->    per-function FIFO -> idle instance? --- run --->  serve loop
     return Event (no disk, no process)        else start one (Spawner, loky)                 handler
-                                              else send ahead to a busy one  --- run --->  (starts it next,
-                                              (ahead.py; still QUEUED)                      if not revoked)
+                                              else send ahead to every busy one --- run --->  (the first to
+                                              (ahead.py; still QUEUED)                       finish claims it)
                                           pipes: bytes -> lines -> store buffer  <-- fd 1/2 -- print/C/children
                                           "done" + END markers on both pipes  <---- done ----
                                           -> FINISHED / FAILED (instance replaced)
-    terminate() -> inbox -------------->  revoke what was sent ahead (back to the FIFO), then
+    terminate() -> inbox -------------->  ban the instance from claiming what was sent ahead, then
                                           SIGKILL (or SIGTERM, SIGKILL after grace) the
                                           instance's process group; read pipes to EOF -> ABORTED
                                           timers: timeouts, grace kills, memory limits, idle instances
@@ -332,6 +332,8 @@ class Engine(Dispatcher, Timers, InstanceIO):
             if taken:
                 ahead.take(seq)
                 self._end(ev, Status.ABORTED, duration_ms=0.0, exit_reason="terminated while queued")
+            elif taken is False and self._orphaned(ahead, ev, seq):
+                pass  # the instance that started it is gone: it failed with it
             elif runs_on is None or not self._settle(runs_on):  # the "done" before it tells where it runs
                 self._schedule(RETRY_S, "terminate", (ev, grace))
             else:
