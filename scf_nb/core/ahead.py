@@ -135,12 +135,14 @@ class Shared(_Records):
         finally:
             self._unlock()
 
-    def unban(self, owner: int) -> None:
-        """``owner`` may claim again (it is idle, or gone). Blocks: a ban must never stay by mistake."""
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+    def unban(self, owner: int) -> bool:
+        """``owner`` may claim again (it is idle, or gone); False: the lock could not be had, ask again."""
+        if not self._lock():
+            return False
         try:
             bans = [0 if b == owner else b for b in self._banned()]
             _BAN.pack_into(self.map, 0, *bans)
+            return True
         finally:
             self._unlock()
 

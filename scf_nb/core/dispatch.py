@@ -372,12 +372,18 @@ class Dispatcher:
             inst.settling = False
 
     def _unban(self, inst: Instance) -> None:
-        """``inst`` was settled but not killed (its event had returned): it may claim events sent ahead again."""
+        """``inst`` was settled but not killed (its event had returned): it may claim events sent ahead again.
+        (Until then it only claims nothing: never wrong, so a worker holding the lock just delays this.)"""
         if inst.banned:
-            inst.banned = False
             ahead = self._ahead.get(inst.key) if inst.key is not None else None
-            if ahead is not None:
-                ahead.shared.unban(inst.number)
+            if ahead is None or ahead.shared.unban(inst.number):
+                inst.banned = False
+            else:
+                self._schedule(RETRY_S, "unban", inst)
+
+    def _timer_unban(self, inst: Instance) -> None:
+        if inst.state == BUSY or inst.state == IDLE:
+            self._unban(inst)
 
     def _steal(self, idle: Instance) -> None:
         """``idle`` has nothing to do: it takes the oldest waiting event of its function (sent ahead or not)."""
@@ -390,8 +396,7 @@ class Dispatcher:
         ahead = self._ahead.get(inst.key) if inst.key is not None else None
         if ahead is None:
             return
-        if inst.banned:
-            ahead.shared.unban(inst.number)
+        if inst.banned and ahead.shared.unban(inst.number):  # (else its slot frees when the file goes)
             inst.banned = False
         if not ahead.pending or inst.sent_upto == 0:
             return
