@@ -382,8 +382,7 @@ class Dispatcher:
                 self._schedule(RETRY_S, "unban", inst)
 
     def _timer_unban(self, inst: Instance) -> None:
-        if inst.state == BUSY or inst.state == IDLE:
-            self._unban(inst)
+        self._unban(inst)  # also for one that is gone: its slot in the ban table must come free
 
     def _steal(self, idle: Instance) -> None:
         """``idle`` has nothing to do: it takes the oldest waiting event of its function (sent ahead or not)."""
@@ -396,8 +395,7 @@ class Dispatcher:
         ahead = self._ahead.get(inst.key) if inst.key is not None else None
         if ahead is None:
             return
-        if inst.banned and ahead.shared.unban(inst.number):  # (else its slot frees when the file goes)
-            inst.banned = False
+        self._unban(inst)
         if not ahead.pending or inst.sent_upto == 0:
             return
         owners = ahead.shared.started_by([seq for _, seq, _ in ahead.pending])
