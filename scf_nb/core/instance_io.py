@@ -355,7 +355,7 @@ class InstanceIO:
 
     def _complete_one(self, inst: Instance) -> bool:
         """End ``inst``'s current event with the first "done" waiting, if its END markers are in too."""
-        _, status, payload, duration_ms, mem, drained = inst.dones[0]
+        _, status, payload, duration_ms, mem, drained, init_ms, pickled = inst.dones[0]
         if drained:  # the pipes were empty when it ended: all its lines are read, and no END markers come
             for splitter in inst.streams.values():
                 if not splitter.ended:
@@ -371,7 +371,7 @@ class InstanceIO:
         inst.event, inst.last_event = None, ev
         if status == "FINISHED":
             self._end(ev, Status.FINISHED, duration_ms=duration_ms, result=payload, mem_usage_bytes=mem,
-                      exit_reason="returned")
+                      exit_reason="returned", init_duration_ms=init_ms, result_pickle=pickled)
             if inst.state != BUSY:  # being killed: it serves nothing more (reaping settles what was sent ahead)
                 self._refeed_held(inst)
                 self._need_dispatch = True
@@ -393,7 +393,7 @@ class InstanceIO:
         else:
             if payload is None:  # SIGTERM that the engine did not send (someone ran `kill`)
                 payload = {"type": "Terminated", "message": "the instance received SIGTERM", "traceback": ""}
-            self._end(ev, Status.FAILED, duration_ms=duration_ms, mem_usage_bytes=mem,
+            self._end(ev, Status.FAILED, duration_ms=duration_ms, mem_usage_bytes=mem, init_duration_ms=init_ms,
                       error_type=payload["type"], error_message=payload["message"],
                       error_traceback=payload["traceback"], exit_reason="the handler raised; instance replaced")
             self._kill(inst, None)  # SCF's instance repossession: the next event gets a fresh process
