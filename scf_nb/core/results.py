@@ -136,7 +136,9 @@ class JsonView:
             return json.dumps(self.convert(value), ensure_ascii=False)
         except RecursionError:
             self.lossy.add("a value nested too deep")
-            return json.dumps(self._repr(value), ensure_ascii=False)
+        except Exception:  # a container changed while it was read (another thread): never fail the event here
+            pass
+        return json.dumps(self._repr(value), ensure_ascii=False)
 
     def convert(self, x: Any) -> Any:
         t = type(x)
