@@ -24,7 +24,7 @@ from scf_nb.core.results import ResultWarning
 
 # One function returning each kind of value, chosen by the event's "k".
 KINDS = textwrap.dedent('''
-    import datetime, decimal, sys
+    import datetime, decimal, os, sys
     import numpy as np
     import pandas as pd
 
@@ -53,9 +53,13 @@ KINDS = textwrap.dedent('''
         },
         "point": lambda: {"p": Point(3), "n": 1},
         "gen": lambda: {"g": (i for i in range(3)), "n": 2},
+        "nan": lambda: {"f": float("nan"), "g": [1.0, float("inf")]},
+        "surrogate": lambda: {"s": "\\ud800x", "name": os.fsdecode(b"\\xff.mov")},
     }
 
     def main_handler(event, context):
+        if event["k"] == "raise":  # a file name that is not UTF-8, as os.listdir gives it
+            raise FileNotFoundError("no such file: " + os.fsdecode(b"\\xff.mov"))
         if "dir" in event:  # a module that only the instance can import
             sys.path.insert(0, event["dir"])
             import onlyhere
@@ -179,6 +183,29 @@ def test_a_value_that_cannot_be_unpickled_here_gives_its_json_view_with_a_warnin
     assert view == {"box": "Box(5)", "n": 3} and blob
     (note,) = lines(ev)
     assert "repr() text for: Box" in note and "pickle" in note and "stored with repr()" not in note
+
+
+def test_nan_and_infinity_come_back_and_the_json_view_is_strict_json(kinds: Any) -> None:
+    ev = run(kinds, "nan")
+    got = quiet_result(ev)
+    assert np.isnan(got["f"]) and got["g"] == [1.0, float("inf")]
+    (text,), = kinds.client().engine.store.rows("SELECT result FROM events WHERE request_id = ?", [ev.request_id])
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON")) == {"f": None,
+                                                                                          "g": [1.0, None]}
+
+
+def test_text_that_utf8_cannot_hold_is_stored_and_the_store_keeps_writing(kinds: Any) -> None:
+    # A lone surrogate made every batch of the store's writer fail from then on: nothing more was written.
+    ev = run(kinds, "surrogate")
+    assert quiet_result(ev) == {"s": "\ud800x", "name": "\udcff.mov"}
+    failed = kinds.invoke("kinds", {"k": "raise"})
+    with pytest.raises(kinds.FunctionError) as err:
+        failed.result(timeout=30)
+    assert err.value.error_message == "no such file: \\udcff.mov"  # as a backslash escape
+    after = run(kinds, "plain")
+    assert kinds.list_events("kinds", limit=None)["request_id"].tolist() == [after.request_id, failed.request_id,
+                                                                             ev.request_id]
+    assert kinds.client().engine.store.write_errors == 0
 
 
 # -- the cold start, apart from the event's duration ---------------------------------------------------------------

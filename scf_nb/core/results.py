@@ -13,6 +13,7 @@ from __future__ import annotations
 import binascii
 import enum
 import json
+import math
 import os
 import pickle
 import sys
@@ -64,8 +65,8 @@ def encode(value: Any, local_module: str | None = None) -> tuple[str, bytes | No
     """
     try:
         if is_plain(value):
-            return json.dumps(value, ensure_ascii=False), None, []
-    except RecursionError:  # nested too deep (or circular): the slow path below says what it kept
+            return json_text(value), None, []
+    except (RecursionError, ValueError):  # nested too deep, circular, or a float NaN/infinity: the slow path
         pass
     view = JsonView()
     text = view.dumps(value)
@@ -75,6 +76,22 @@ def encode(value: Any, local_module: str | None = None) -> tuple[str, bytes | No
         has_repr = f", which has repr() text for: {lossy}" if lossy else ""
         return text, NOT_KEPT, [_FALLBACK_NOTE.format(why=why, lossy=has_repr)]
     return text, blob, [_LOSSY_NOTE.format(names=lossy)] if lossy else []
+
+
+def json_text(data: Any) -> str:
+    """The JSON text (RFC 8259: no NaN or Infinity) of data made of JSON's types, valid as UTF-8: a lone
+    surrogate, which UTF-8 cannot hold (DuckDB refuses it), is written as its ``\\u`` escape.
+
+    Raises:
+        ValueError: a float in it is NaN or infinite.
+    """
+    text = json.dumps(data, ensure_ascii=False, allow_nan=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(data, allow_nan=False)
+    return text
 
 
 def decode(text: str | None, blob: bytes | None, request_id: str) -> Any:
@@ -119,13 +136,26 @@ def _refers_to(blob: bytes, module: str) -> bool:
     return False
 
 
+def _finite(data: Any) -> Any:
+    """JSON data with null for each float that is NaN or infinite."""
+    t = type(data)
+    if t is float:
+        return data if math.isfinite(data) else None
+    if t is list:
+        return [_finite(v) for v in data]
+    if t is dict:
+        return {k: _finite(v) for k, v in data.items()}
+    return data
+
+
 class JsonView:
     """Turns any value into JSON data without dropping any part of it: numpy scalars -> numbers, arrays ->
     nested lists, DataFrame/Series -> ``{"index", "columns", "data"}`` / ``{"name", "index", "data"}``,
     tuples and sets -> lists (sets sorted when they can be), datetimes -> ISO text, timedeltas -> seconds,
     Decimal -> text, bytes -> base64 text, enums -> their value, dataclasses -> their fields, non-string keys
-    -> their JSON text (a dict whose keys would then collide -> a list of ``[key, value]`` pairs); anything
-    else -> its ``repr()``, its type named in ``lossy``."""
+    -> their JSON text (a dict whose keys would then collide -> a list of ``[key, value]`` pairs), NaN and
+    infinities -> null (JSON has no such numbers); anything else -> its ``repr()``, its type named in
+    ``lossy``."""
 
     def __init__(self) -> None:
         self.lossy: set[str] = set()
@@ -133,12 +163,16 @@ class JsonView:
 
     def dumps(self, value: Any) -> str:
         try:
-            return json.dumps(self.convert(value), ensure_ascii=False)
+            data = self.convert(value)
         except RecursionError:
             self.lossy.add("a value nested too deep")
+            data = self._repr(value)
         except Exception:  # a container changed while it was read (another thread): never fail the event here
-            pass
-        return json.dumps(self._repr(value), ensure_ascii=False)
+            data = self._repr(value)
+        try:
+            return json_text(data)
+        except ValueError:  # NaN or infinity, which JSON has no number for: null, as pandas' to_json writes
+            return json_text(_finite(data))
 
     def convert(self, x: Any) -> Any:
         t = type(x)

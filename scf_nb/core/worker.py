@@ -319,7 +319,15 @@ def _describe(e: BaseException) -> dict[str, str]:
         tb = "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next if e.__traceback__ else None))
     except Exception:
         tb = "".join(traceback.format_tb(e.__traceback__)) + f"{type(e).__name__}: {message}\n"
-    return {"type": type(e).__name__, "message": message, "traceback": tb}
+    return {"type": type(e).__name__, "message": _utf8(message), "traceback": _utf8(tb)}
+
+
+def _utf8(text: str) -> str:
+    """``text`` as UTF-8 can hold it (the store refuses lone surrogates, as in a path decoded with
+    surrogateescape): each such character as its backslash escape."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _flush_all() -> None:
