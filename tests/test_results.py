@@ -158,13 +158,13 @@ def test_plain_json_results_are_unchanged_and_keep_no_pickle(kinds: Any) -> None
 
 def test_a_class_of_the_functions_own_code_falls_back_to_the_json_view_clearly(kinds: Any) -> None:
     ev = run(kinds, "point")
-    with pytest.warns(ResultWarning, match="its JSON form"):
+    with pytest.warns(ResultWarning, match="holds Point, defined in the function's code.*its JSON form"):
         assert ev.result(timeout=30) == {"p": "Point(3)", "n": 1}
     assert stored(kinds, ev)[0] == {"p": "Point(3)", "n": 1}
     (note,) = lines(ev)
     assert "kept as JSON only" in note and "defined in the function's code" in note and "Point" in note
     gen = run(kinds, "gen")  # cannot be pickled at all
-    with pytest.warns(ResultWarning):
+    with pytest.warns(ResultWarning, match="cannot be pickled"):
         got = gen.result(timeout=30)
     assert got["n"] == 2 and got["g"].startswith("<generator object")
     (note,) = lines(gen)

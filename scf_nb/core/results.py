@@ -21,9 +21,9 @@ import warnings
 from typing import Any
 
 PROTOCOL = 5
-# The stored pickle when the value is not plain JSON but could not be pickled (the log says why): ``result()``
-# then warns that it returns the JSON form.
-NOT_KEPT = b""
+# Stored instead of a pickle when the value is not plain JSON but none could be kept: this byte, then why (in
+# UTF-8). A pickle never starts with it (protocol 2 and later start with PROTO, 0x80).
+NOT_KEPT = b"\x00"
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 _NESTS = _SCALARS | {list, dict}
 _FALLBACK_NOTE = "scf_nb: the return value is kept as JSON only: {why}. result() gives its JSON form{lossy}"
@@ -57,7 +57,7 @@ def is_plain(value: Any) -> bool:
 
 def encode(value: Any, local_module: str | None = None) -> tuple[str, bytes | None, list[str]]:
     """The JSON text of ``value``; its pickle when JSON would not give it back (None when it would, or
-    ``NOT_KEPT`` when it cannot be pickled); the lines to log about what either form could not keep.
+    ``NOT_KEPT`` and the reason when it cannot be); the lines to log about what either form could not keep.
 
     Args:
         local_module: the module the function's code runs as; a pickle that refers to it (a class defined in
@@ -74,7 +74,8 @@ def encode(value: Any, local_module: str | None = None) -> tuple[str, bytes | No
     lossy = ", ".join(sorted(view.lossy))
     if blob is None:
         has_repr = f", which has repr() text for: {lossy}" if lossy else ""
-        return text, NOT_KEPT, [_FALLBACK_NOTE.format(why=why, lossy=has_repr)]
+        return text, NOT_KEPT + why.encode("utf-8", "backslashreplace"), [_FALLBACK_NOTE.format(why=why,
+                                                                                                lossy=has_repr)]
     return text, blob, [_LOSSY_NOTE.format(names=lossy)] if lossy else []
 
 
@@ -99,8 +100,8 @@ def decode(text: str | None, blob: bytes | None, request_id: str) -> Any:
     else its JSON form, with a ``ResultWarning`` that says why."""
     if blob is None:
         return None if text is None else json.loads(text)
-    if blob == NOT_KEPT:
-        why = "its event's log says why"
+    if blob[:1] == NOT_KEPT:
+        why = blob[1:].decode("utf-8", "replace")
     else:
         try:
             return pickle.loads(blob)
@@ -109,7 +110,7 @@ def decode(text: str | None, blob: bytes | None, request_id: str) -> Any:
             if isinstance(e, ImportError) and (e.name or "").startswith("scf_function_"):
                 why += " (a class defined in the function's code is known only to its instance)"
     warnings.warn(f"scf_nb: event {request_id}: the return value cannot be given back as a Python object "
-                  f"({why}); this is its JSON form", ResultWarning, stacklevel=3)
+                  f"({why}); this is its JSON form", ResultWarning, stacklevel=4)
     return None if text is None else json.loads(text)
 
 
@@ -118,22 +119,28 @@ def _pickle(value: Any, local_module: str | None) -> tuple[bytes | None, str]:
         blob = pickle.dumps(value, PROTOCOL)
     except Exception as e:  # whatever pickling raises (TypeError, PicklingError, RecursionError, ...)
         return None, f"it cannot be pickled: {type(e).__name__}: {e}"
-    if local_module and local_module.encode() in blob and _refers_to(blob, local_module):
-        return None, "it holds objects of a class or function defined in the function's code, which only its " \
-                     "instance can load"
+    local = _globals_of(blob, local_module) if local_module and local_module.encode() in blob else []
+    if local:
+        return None, (f"it holds {', '.join(local)}, defined in the function's code, which only its instance can "
+                      f"load")
     return blob, ""
 
 
-def _refers_to(blob: bytes, module: str) -> bool:
-    """Whether the pickle names ``module`` (as the module of a global it loads), not merely holds its bytes."""
+def _globals_of(blob: bytes, module: str) -> list[str]:
+    """The names of the globals of ``module`` that the pickle loads (classes, functions); none when it merely
+    holds the module's name as data."""
     import pickletools  # only when the module's name is in the bytes at all
 
+    names: set[str] = set()
+    after_module = False
     for op, arg, _pos in pickletools.genops(blob):
         if op.name in ("GLOBAL", "INST") and str(arg).split(" ")[0] == module:
-            return True
-        if arg == module and "UNICODE" in op.name:  # STACK_GLOBAL's module string
-            return True
-    return False
+            names.add(str(arg).split(" ", 1)[-1])
+        elif "UNICODE" in op.name:  # STACK_GLOBAL's module string, then its name string
+            if after_module:
+                names.add(str(arg))
+            after_module = arg == module
+    return sorted(names)
 
 
 def _finite(data: Any) -> Any:
