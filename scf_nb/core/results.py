@@ -72,11 +72,10 @@ def encode(value: Any, local_module: str | None = None) -> tuple[str, bytes | No
     text = view.dumps(value)
     blob, why = _pickle(value, local_module)
     lossy = ", ".join(sorted(view.lossy))
-    if blob is None:
-        has_repr = f", which has repr() text for: {lossy}" if lossy else ""
-        return text, NOT_KEPT + why.encode("utf-8", "backslashreplace"), [_FALLBACK_NOTE.format(why=why,
-                                                                                                lossy=has_repr)]
-    return text, blob, [_LOSSY_NOTE.format(names=lossy)] if lossy else []
+    if blob is not None:
+        return text, blob, [_LOSSY_NOTE.format(names=lossy)] if lossy else []
+    note = _FALLBACK_NOTE.format(why=why, lossy=f", which has repr() text for: {lossy}" if lossy else "")
+    return text, NOT_KEPT + why.encode("utf-8", "backslashreplace"), [note]
 
 
 def json_text(data: Any) -> str:
