@@ -24,7 +24,7 @@ def generate(home: Path, n_events: int, lines_per_event: int) -> dict:
     import duckdb
     import pandas as pd
 
-    from scf_nb.core.records import make_request_id
+    from scf_nb.core.records import EVENT_COLUMNS, make_request_id
     from scf_nb.core.store import SCHEMA
 
     t = time.perf_counter()
@@ -37,8 +37,9 @@ def generate(home: Path, n_events: int, lines_per_event: int) -> dict:
     t0 = time.time() - SPAN_S - 60
     step = SPAN_S / n_events
     db.register("ids", ids)
+    columns = ", ".join(EVENT_COLUMNS[:EVENT_COLUMNS.index("instance_pid") + 1])  # the later ones stay NULL
     db.execute(f"""
-    INSERT INTO events
+    INSERT INTO events ({columns})
     SELECT k, request_id, 'fn' || lpad((k % {FUNCTIONS})::VARCHAR, 2, '0'), 'default',
            CASE WHEN k % 10 = 0 THEN '1' ELSE '$LATEST' END, 'Event', status, true,
            to_timestamp(st), to_timestamp(st + 0.002), to_timestamp(st + 0.002 + dur / 1000.0),

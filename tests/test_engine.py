@@ -153,9 +153,8 @@ def test_non_json_result_is_kept_not_lost(scf: Any) -> None:
     code = "def main_handler(event, context):\n    return {'s': {1}, 'ok': 1}\n"
     scf.create_function("setret", code, async_run=True)
     ev = scf.invoke("setret")
-    assert ev.result(timeout=30) == {"s": "{1}", "ok": 1}
+    assert ev.result(timeout=30) == {"s": {1}, "ok": 1}  # the value itself; test_results.py has the rest
     assert ev.status == "FINISHED"
-    assert any("not JSON" in line for line in lines(ev))
 
 
 def test_wait_and_result_time_out_on_a_running_event(scf: Any, tmp_path: Path) -> None:

@@ -3,7 +3,6 @@ below them; an HTTP client with the same methods can stand in for this in-proces
 
 from __future__ import annotations
 
-import json
 import operator
 from datetime import datetime
 from pathlib import Path
@@ -17,12 +16,13 @@ from .errors import EventAborted, FunctionError, ScfError, invalid, not_found_ev
 from .events import Event
 from .functions import LATEST, Function, make_function
 from .records import EventState, key_of
+from .results import decode as decode_result
 from .stats import overview_frame
 from .status import Status
 
 EVENT_LIST_COLUMNS = ("request_id", "function_name", "namespace", "qualifier", "invoke_type", "status",
-                      "start_time", "end_time", "duration_ms", "billed_duration_ms", "mem_usage_bytes",
-                      "error_type", "error_message", "exit_reason")
+                      "start_time", "end_time", "duration_ms", "init_duration_ms", "billed_duration_ms",
+                      "mem_usage_bytes", "error_type", "error_message", "exit_reason")
 _INFO_COLUMNS = EVENT_LIST_COLUMNS[:7] + ("run_time",) + EVENT_LIST_COLUMNS[7:] + ("error_traceback", "result",
                                                                                    "traced", "instance_pid")
 
@@ -140,10 +140,12 @@ class Client:
         return WaitResult(done, not_done)
 
     def event_result(self, request_id: str, timeout: float | None = None) -> Any:
+        """What the handler returned (see ``results.decode``: the value itself wherever it can be unpickled
+        here, else its JSON form with a ``ResultWarning``), once the event has ended."""
         status = self.wait_event(request_id, timeout)
-        rec = self._record(request_id)
         if status == Status.FINISHED:
-            return json.loads(rec["result"]) if rec["result"] is not None else None
+            return decode_result(*self._result_of(request_id), request_id)
+        rec = self._record(request_id)
         if status == Status.FAILED:
             raise FunctionError(request_id, rec["error_type"] or "Error", rec["error_message"] or "",
                                 rec["error_traceback"] or "")
@@ -323,6 +325,17 @@ class Client:
         info["error"] = ({"type": rec["error_type"], "message": rec["error_message"],
                           "traceback": rec["error_traceback"]} if rec["error_type"] else None)
         return info
+
+    def _result_of(self, request_id: str) -> tuple[str | None, bytes | None]:
+        """The stored result: its JSON text and its pickle (read only here: info() never loads the pickle)."""
+        ev = self.engine.live(request_id)
+        if ev is not None:
+            return ev.result, ev.result_pickle
+        rows = self.engine.store.rows("SELECT result, result_pickle FROM events WHERE event_key = ? AND "
+                                      "request_id = ?", [key_of(request_id), request_id])
+        if not rows:
+            raise not_found_event(request_id)
+        return rows[0][0], rows[0][1]
 
     def _key(self, request_id: str) -> int:
         ev = self.engine.live(request_id)

@@ -35,7 +35,8 @@ class Event:
         return self._client.wait_event(self.request_id, timeout)
 
     def result(self, timeout: float | None = None) -> Any:
-        """The handler's return value, waiting for it.
+        """The handler's return value, waiting for it: the value itself (numpy, pandas, tuples, sets, ...), or
+        its JSON form with a ``ResultWarning`` where it cannot be loaded here (see the README).
 
         Raises:
             FunctionError: the event FAILED (carries the remote type, message and traceback).
@@ -53,7 +54,8 @@ class Event:
         return self._client._terminate(self.request_id, grace, wait)
 
     def info(self) -> dict[str, Any]:
-        """Status, times, duration_ms, billed_duration_ms, mem_usage_bytes, error and exit reason."""
+        """Status, times, duration_ms, init_duration_ms (the cold start before it; None on a warm instance),
+        billed_duration_ms, mem_usage_bytes, error and exit reason."""
         return self._client._info(self.request_id)
 
     def __repr__(self) -> str:

@@ -361,7 +361,8 @@ class InstanceIO:
 
     def _complete_one(self, inst: Instance) -> bool:
         """End ``inst``'s current event with the first "done" waiting, if its END markers are in too."""
-        _, status, payload, duration_ms, mem, drained, claimed, claimed_at, received, ended_at = inst.dones[0]
+        (_, status, payload, duration_ms, mem, drained, claimed, claimed_at, received, ended_at, init_ms,
+         pickled) = inst.dones[0]
         if drained:  # the pipes were empty when it ended: all its lines are read, and no END markers come
             for splitter in inst.streams.values():
                 if not splitter.ended:
@@ -377,7 +378,8 @@ class InstanceIO:
         inst.event, inst.last_event = None, ev
         if status == "FINISHED":
             self._end(ev, Status.FINISHED, duration_ms=duration_ms, result=payload, mem_usage_bytes=mem,
-                      exit_reason="returned", end_time=self._from_wall(ended_at))
+                      exit_reason="returned", end_time=self._from_wall(ended_at), init_duration_ms=init_ms,
+                      result_pickle=pickled)
             nxt = self._claimed(inst, claimed)
             if inst.state != BUSY:  # being killed: it serves nothing more
                 if nxt is not None:  # (it was banned first, so this cannot be; never leave an event hanging)
@@ -404,7 +406,7 @@ class InstanceIO:
         else:
             if payload is None:  # SIGTERM that the engine did not send (someone ran `kill`)
                 payload = {"type": "Terminated", "message": "the instance received SIGTERM", "traceback": ""}
-            self._end(ev, Status.FAILED, duration_ms=duration_ms, mem_usage_bytes=mem,
+            self._end(ev, Status.FAILED, duration_ms=duration_ms, mem_usage_bytes=mem, init_duration_ms=init_ms,
                       end_time=self._from_wall(ended_at), error_type=payload["type"], error_message=payload["message"],
                       error_traceback=payload["traceback"], exit_reason="the handler raised; instance replaced")
             self._kill(inst, None)  # SCF's instance repossession: the next event gets a fresh process

@@ -23,11 +23,13 @@ def _tail() -> str:
         _tails.extend(bits[i:i + 20] for i in range(0, len(bits), 20))
     return _tails.pop()
 
-# The order of the events table's columns; ``EventState.row`` follows it.
+# The order of the events table's columns; ``EventState.row`` follows it. New columns go at the end: an older
+# store gets them by ALTER TABLE (store.MIGRATIONS), which appends.
 EVENT_COLUMNS = (
     "event_key", "request_id", "function_name", "namespace", "qualifier", "invoke_type", "status", "traced",
     "start_time", "run_time", "end_time", "duration_ms", "billed_duration_ms", "mem_usage_bytes", "result",
     "error_type", "error_message", "error_traceback", "exit_reason", "payload", "instance_pid",
+    "init_duration_ms", "result_pickle",
 )
 MUTABLE_COLUMNS = EVENT_COLUMNS[6:7] + EVENT_COLUMNS[9:19] + EVENT_COLUMNS[20:]
 
@@ -57,7 +59,7 @@ class EventState:
         "key", "request_id", "function_name", "namespace", "qualifier", "invoke_type", "status", "traced",
         "start_time", "run_time", "end_time", "duration_ms", "billed_duration_ms", "mem_usage_bytes", "result",
         "error_type", "error_message", "error_traceback", "exit_reason", "payload", "instance_pid",
-        "fn", "log_seq", "inserted", "instance", "accepted",
+        "init_duration_ms", "result_pickle", "fn", "log_seq", "inserted", "instance", "accepted",
     )
 
     def __init__(self, key: int, request_id: str, fn: Any, qualifier: str, payload: str, now: float) -> None:
@@ -75,7 +77,7 @@ class EventState:
         self.run_time = self.end_time = self.duration_ms = None
         self.billed_duration_ms = self.mem_usage_bytes = self.result = None
         self.error_type = self.error_message = self.error_traceback = self.exit_reason = None
-        self.instance_pid = None
+        self.instance_pid = self.init_duration_ms = self.result_pickle = None
         self.log_seq = 0
         self.inserted = False
         self.instance = None
@@ -86,14 +88,15 @@ class EventState:
             self.key, self.request_id, self.function_name, self.namespace, self.qualifier, self.invoke_type,
             self.status.value, self.traced, self.start_time, self.run_time, self.end_time, self.duration_ms,
             self.billed_duration_ms, self.mem_usage_bytes, self.result, self.error_type, self.error_message,
-            self.error_traceback, self.exit_reason, self.payload, self.instance_pid,
+            self.error_traceback, self.exit_reason, self.payload, self.instance_pid, self.init_duration_ms,
+            self.result_pickle,
         )
 
     def update_row(self) -> tuple[Any, ...]:
         return (
             self.key, self.status.value, self.run_time, self.end_time, self.duration_ms, self.billed_duration_ms,
             self.mem_usage_bytes, self.result, self.error_type, self.error_message, self.error_traceback,
-            self.exit_reason, self.instance_pid,
+            self.exit_reason, self.instance_pid, self.init_duration_ms, self.result_pickle,
         )
 
     def end(self, status: Status, now: float, duration_ms: float | None = None, **fields: Any) -> None:

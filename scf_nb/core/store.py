@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS events (
     invoke_type VARCHAR, status VARCHAR, traced BOOLEAN, start_time TIMESTAMPTZ, run_time TIMESTAMPTZ,
     end_time TIMESTAMPTZ, duration_ms DOUBLE, billed_duration_ms BIGINT, mem_usage_bytes BIGINT,
     result VARCHAR, error_type VARCHAR, error_message VARCHAR, error_traceback VARCHAR, exit_reason VARCHAR,
-    payload VARCHAR, instance_pid BIGINT);
+    payload VARCHAR, instance_pid BIGINT, init_duration_ms DOUBLE, result_pickle BLOB);
 CREATE TABLE IF NOT EXISTS logs (event_key BIGINT, seq BIGINT, ts TIMESTAMPTZ, stream VARCHAR, line VARCHAR);
 CREATE TABLE IF NOT EXISTS functions (
     namespace VARCHAR, name VARCHAR, version VARCHAR, revision BIGINT, code VARCHAR, handler VARCHAR,
@@ -43,21 +43,27 @@ CREATE TABLE IF NOT EXISTS functions (
     memory_mb BIGINT, description VARCHAR, created_at DOUBLE, updated_at DOUBLE);
 CREATE TABLE IF NOT EXISTS instances (pgid BIGINT, pid BIGINT, engine_pid BIGINT);
 """
+# A store made by an earlier version gets the columns added since (in EVENT_COLUMNS' order; NULL in old rows).
+MIGRATIONS = """
+ALTER TABLE events ADD COLUMN IF NOT EXISTS init_duration_ms DOUBLE;
+ALTER TABLE events ADD COLUMN IF NOT EXISTS result_pickle BLOB;
+"""
 PURGE_EVERY_S = 60.0
 HOLD_S = 0.5  # see Store.sync
 log = logging.getLogger("scf_nb")
 _TIMES = ("start_time", "run_time", "end_time")
-_INSERT_EVENTS = "INSERT INTO events SELECT " + ", ".join(
+_INSERT_EVENTS = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) SELECT " + ", ".join(
     f"to_timestamp({c})" if c in _TIMES else c for c in EVENT_COLUMNS) + " FROM batch"
 _UPDATE_EVENTS = """
 UPDATE events SET status = b.status, run_time = to_timestamp(b.run_time), end_time = to_timestamp(b.end_time),
     duration_ms = b.duration_ms, billed_duration_ms = b.billed_duration_ms, mem_usage_bytes = b.mem_usage_bytes,
     result = b.result, error_type = b.error_type, error_message = b.error_message,
-    error_traceback = b.error_traceback, exit_reason = b.exit_reason, instance_pid = b.instance_pid
+    error_traceback = b.error_traceback, exit_reason = b.exit_reason, instance_pid = b.instance_pid,
+    init_duration_ms = b.init_duration_ms, result_pickle = b.result_pickle
 FROM batch b WHERE events.event_key = b.event_key"""
 _UPDATE_COLUMNS = ("event_key", "status", "run_time", "end_time", "duration_ms", "billed_duration_ms",
                    "mem_usage_bytes", "result", "error_type", "error_message", "error_traceback", "exit_reason",
-                   "instance_pid")
+                   "instance_pid", "init_duration_ms", "result_pickle")
 _NEW = tuple(EVENT_COLUMNS.index(c) for c in ("event_key", "namespace", "function_name", "status", "traced",
                                               "duration_ms"))
 _CHANGED = tuple(_UPDATE_COLUMNS.index(c) for c in ("event_key", "status", "duration_ms"))
@@ -82,6 +88,7 @@ def open_database(path: Path, memory_mb: int) -> duckdb.DuckDBPyConnection:
     except duckdb.IOException as e:
         raise ScfError("FailedOperation.StoreLocked", _lock_message(path, str(e))) from None
     db.execute(SCHEMA)
+    db.execute(MIGRATIONS)
     return db
 
 

@@ -11,7 +11,8 @@ The engine submits :func:`serve` once per instance; it never returns while the i
                                                        handler(event, context)
     pipes r1/r2  <---- every byte the event writes --  print, logging, C code, child processes
     pipes r1/r2  <---- END marker on each stream ----  (after flushing Python's stdio)
-    same socket  <---- ("done", status, ...) ---------
+    same socket  <---- ("done", status, ...) ---------  the result (JSON text, and a pickle where JSON
+                                                       would lose it), durations of the event and cold start
     same socket  ----- ("run", ..., record) -------->  sent ahead while busy: started right after the
                                                        current event, if claimed first (ahead.py)
 
@@ -41,7 +42,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from . import wire
+from . import results, wire
 from .ahead import Claims
 
 END_MARKER = b"\x00\x1fscf_nb:end\x1f\x00"
@@ -197,6 +198,7 @@ class _Runner:
         self.claims: Claims | None = None
         self.failed = False  # an event did not return: this instance is being replaced, start nothing more
         self.handler: Any = None
+        self.module_name: str | None = None  # the module the function's code runs as
         self.running = False
 
     def on_sigterm(self, signum: int, frame: Any) -> None:
@@ -218,17 +220,24 @@ class _Runner:
         ctx = Context(self.spec["context"], request_id=request_id, qualifier=qualifier, function_version=version,
                       _deadline=time.monotonic() + timeout, time_limit_in_ms=int(timeout * 1000))
         started = time.perf_counter()
+        init_ms: float | None = None
+        pickled: bytes | None = None
         self.running = True
         try:
             if self.handler is None:
-                self.handler = self._load()
+                try:
+                    self.handler = self._load()
+                finally:  # the cold start is reported apart (Lambda's "Init Duration"), not in the duration
+                    now = time.perf_counter()
+                    init_ms, started = (now - started) * 1000.0, now
             result = self.handler(json.loads(event_json), ctx)
             if inspect.iscoroutine(result):
                 import asyncio
 
                 result = asyncio.run(result)
             self.running = False
-            outcome: tuple[str, Any] = ("FINISHED", "null" if result is None else _dump_result(result))
+            text, pickled = ("null", None) if result is None else self._dump_result(result)
+            outcome: tuple[str, Any] = ("FINISHED", text)
         except Terminated:
             outcome = ("ABORTED", None)
         except BaseException as e:  # the handler's failure, whatever it is, is the event's
@@ -244,11 +253,12 @@ class _Runner:
         if not drained:
             for fd in _OWN_ENDS:
                 os.write(fd, END_MARKER + b"\n")
-        memory = _peak_memory() if duration_ms >= _PEAK_AFTER_MS else _resident_memory()
+        memory = _peak_memory() if duration_ms + (init_ms or 0.0) >= _PEAK_AFTER_MS else _resident_memory()
         ended_at = time.time()  # before the claim: the next event's start is later
         nxt, claimed_at = self._claim()
         self.sock.sendall(wire.frame(("done", outcome[0], outcome[1], duration_ms, memory, drained,
-                                      None if nxt is None else nxt[5], claimed_at, self.received, ended_at)))
+                                      None if nxt is None else nxt[5], claimed_at, self.received, ended_at,
+                                      init_ms, pickled)))
         if time.monotonic() - _last_reap[0] > _REAP_EVERY_S:
             _reap_orphans()
         return nxt
@@ -288,6 +298,7 @@ class _Runner:
         filename = f"<scf_function {name}>"
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
         module = types.ModuleType(f"scf_function_{name.replace('-', '_')}")
+        self.module_name = module.__name__
         module.__file__ = filename
         sys.modules[module.__name__] = module
         exec(compile(code, filename, "exec"), module.__dict__)
@@ -295,6 +306,14 @@ class _Runner:
         if not callable(handler):
             raise TypeError(f"handler {self.spec['handler']!r} of {name} is not a function")
         return handler
+
+    def _dump_result(self, result: Any) -> tuple[str, bytes | None]:
+        """The return value's JSON text, and its pickle when JSON would not give it back (results.py). Nothing
+        of it is dropped; what a form could not keep is said in the event's log."""
+        text, pickled, notes = results.encode(result, self.module_name)
+        for note in notes:
+            print(note, file=sys.stderr)
+        return text, pickled
 
 
 _REAP_EVERY_S = 1.0
@@ -345,7 +364,15 @@ def _describe(e: BaseException) -> dict[str, str]:
         tb = "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next if e.__traceback__ else None))
     except Exception:
         tb = "".join(traceback.format_tb(e.__traceback__)) + f"{type(e).__name__}: {message}\n"
-    return {"type": type(e).__name__, "message": message, "traceback": tb}
+    return {"type": type(e).__name__, "message": _utf8(message), "traceback": _utf8(tb)}
+
+
+def _utf8(text: str) -> str:
+    """``text`` as UTF-8 can hold it (the store refuses lone surrogates, as in a path decoded with
+    surrogateescape): each such character as its backslash escape."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _flush_all() -> None:
@@ -359,16 +386,6 @@ def _flush_all() -> None:
         _libc().fflush(None)
     except (OSError, AttributeError):
         pass
-
-
-def _dump_result(result: Any) -> str:
-    """The return value as JSON. One that is not JSON is kept, converted with repr, and said so in the log:
-    hours of work are not thrown away for the last step."""
-    try:
-        return json.dumps(result, ensure_ascii=False)
-    except (TypeError, ValueError) as e:
-        print(f"scf_nb: the return value is not JSON ({e}); it was stored with repr()", file=sys.stderr)
-        return json.dumps(result, ensure_ascii=False, default=repr, skipkeys=True)
 
 
 _PROC_FDS: dict[str, int] = {}
