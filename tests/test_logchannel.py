@@ -117,10 +117,11 @@ def test_user_nul_bytes_are_not_a_marker() -> None:
 # -- long lines ----------------------------------------------------------------------------------------------
 def rejoin(pieces: list[str | None]) -> str:
     """The pieces of one long line joined; checks that every piece but the last, and only those, say so."""
-    assert all(p is not None for p in pieces)
-    assert all(p.endswith(CONTINUED) for p in pieces[:-1]), "a piece without the continuation marker"  # type: ignore[union-attr]
-    assert not pieces[-1].endswith(CONTINUED)  # type: ignore[union-attr]
-    return "".join(p[: -len(CONTINUED)] for p in pieces[:-1]) + pieces[-1]  # type: ignore[index, operator]
+    texts = [p for p in pieces if p is not None]
+    assert len(texts) == len(pieces)
+    assert all(p.endswith(CONTINUED) for p in texts[:-1]), "a piece without the continuation marker"
+    assert not texts[-1].endswith(CONTINUED)
+    return "".join(p[: -len(CONTINUED)] for p in texts[:-1]) + texts[-1]
 
 
 def sizes(pieces: list[str | None]) -> list[int]:
