@@ -54,6 +54,8 @@ def configure(*, force: bool = False, **settings: Any) -> Config:
                 engine.reconfigure(config)
         elif engine is not None:
             config = engine.config
+        if "home" in settings:
+            settings["home"] = config.home  # absolute: a later os.chdir does not move the store
         _settings.update(settings)
         return config
 

@@ -46,6 +46,19 @@ def test_the_same_settings_again_keep_the_engine_and_its_running_event(scf: Any,
     assert scf.get_event_status(ev.request_id) == "FINISHED"
 
 
+def test_a_relative_home_stays_where_it_was_given_after_a_chdir(scf: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.chdir(tmp_path)
+    scf.configure(home="relative")
+    gate = tmp_path / "gate"
+    ev = start_gated(scf, gate)
+    engine = scf.client().engine
+    monkeypatch.chdir(tmp_path / "relative")
+    assert scf.configure(grace_seconds=1.5).home == tmp_path / "relative"  # live; not a new home here
+    assert scf.client().engine is engine and engine.config.grace_seconds == 1.5
+    gate.write_text("")
+    assert ev.result(timeout=30) == 1
+
+
 @pytest.mark.parametrize("change", ["home", "store_memory_mb", "flush_interval"])
 def test_a_change_needing_a_restart_is_refused_while_events_run_and_names_them(scf: Any, home: Path,
                                                                               tmp_path: Path, change: str) -> None:
