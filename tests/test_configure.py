@@ -8,11 +8,13 @@ Real loky instances and a real DuckDB store; handlers wait on gate files, not on
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from conftest import GATE, wait_until
 from engine_support import code_of
+
+from scf_nb import api
 
 GATED = GATE + '''
 def main_handler(event, context):
@@ -20,6 +22,16 @@ def main_handler(event, context):
     wait_file(event["gate"])
     return event.get("n")
 '''
+
+
+@pytest.fixture(autouse=True)
+def settings_restored(scf: Any) -> Iterator[None]:
+    """Settings stick for later calls: give the next test the ones this one started with."""
+    before = dict(api._settings)
+    yield
+    scf.shutdown()
+    api._settings.clear()
+    api._settings.update(before)
 
 
 def start_gated(scf: Any, gate: Path, name: str = "gated", n: int = 1) -> Any:
