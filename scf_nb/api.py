@@ -9,29 +9,67 @@ import threading
 from typing import Any, Callable
 
 from .core.client import Client
-from .core.config import Config, from_environment
+from .core.config import LIVE_SETTINGS, Config, from_environment
 from .core.engine import Engine
+from .core.errors import ScfError
 
 _lock = threading.RLock()
 _client: Client | None = None
 _settings: dict[str, Any] = {}
 
 
-def configure(**settings: Any) -> Config:
+def configure(*, force: bool = False, **settings: Any) -> Config:
     """Set engine settings (``home``, ``max_workers``, ``retention_hours``, ``max_qps``, ``grace_seconds``,
-    ``idle_instance_seconds``, ``flush_interval``, ``store_memory_mb``, ``clock``); returns the config.
+    ``idle_instance_seconds``, ``flush_interval``, ``store_memory_mb``, ``warm_spare``, ``clock``); returns the
+    config in force. With no arguments, returns the current config and changes nothing.
 
-    ``SCF_NB_<SETTING>`` environment variables give the defaults. A running engine is shut down (its running
-    events become FAILED) and the next call starts one with the new settings. With no arguments, returns the
-    current config and changes nothing.
+    ``SCF_NB_<SETTING>`` environment variables give the defaults; settings given stick for later calls. A
+    running engine and its events are never stopped silently:
+
+    - settings equal to the current ones (the same ``home`` again): nothing happens, everything runs on;
+    - a change of ``max_workers``, ``retention_hours``, ``max_qps``, ``grace_seconds``,
+      ``idle_instance_seconds`` or ``clock`` only: applied to the running engine at once;
+    - a change of anything else (``home``, ``flush_interval``, ``store_memory_mb``, ``warm_spare``) needs a new
+      engine: with no event queued or running this one stops and the next call starts one; otherwise refused.
+
+    Args:
+        force: restart even while events are queued or running; they become FAILED ``EngineStopped``.
+
+    Raises:
+        ScfError: ``InvalidParameterValue.Config`` for an unknown or bad setting; ``FailedOperation.EngineBusy``
+            for a change that needs a restart while events are queued or running (it names them).
     """
-    global _client
     with _lock:
         config = from_environment().updated(**{**_settings, **settings})
-        if settings:
-            shutdown()
-            _settings.update(settings)
+        engine = _client.engine if _client is not None and not _client.engine._closed else None
+        if engine is not None and settings:
+            changed = config.differences(engine.config)
+            restart = [name for name in changed if name not in LIVE_SETTINGS]
+            if restart:
+                busy = engine.unfinished()
+                if busy and not force:
+                    raise _busy(restart, [ev.request_id for ev in busy])
+                shutdown()
+            elif changed:
+                engine.reconfigure(config)
+        elif engine is not None:
+            config = engine.config
+        if "home" in settings:
+            settings["home"] = config.home  # absolute: a later os.chdir does not move the store
+        _settings.update(settings)
         return config
+
+
+def _busy(restart: list[str], ids: list[str]) -> ScfError:
+    n = len(ids)
+    some = ", ".join(ids[:3]) + (", ..." if n > 3 else "")
+    events = f"{n} event is" if n == 1 else f"{n} events are"
+    return ScfError(
+        "FailedOperation.EngineBusy",
+        f"configure: changing {', '.join(restart)} needs a new engine, and {events} queued or running ({some}); "
+        f"a restart would stop them (FAILED EngineStopped). Wait for them (scf_nb.wait) or terminate them, or "
+        f"restart anyway: scf_nb.configure(..., force=True), or scf_nb.shutdown() first. Applied live without "
+        f"a restart: {', '.join(sorted(LIVE_SETTINGS))}")
 
 
 def client() -> Client:

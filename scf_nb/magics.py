@@ -124,7 +124,7 @@ class ScfMagics(Magics):
         """Print an event's log lines; with --follow, keep printing until it ends (interrupt to stop)."""
         args = _parse(self.scf_logs, line)
         request_id = self._request_id(args.request_id)
-        seq = 0
+        seq, ended = 0, None
         while True:
             frame = _call(api.logs, request_id, since_seq=seq, stream=args.stream)
             for row in frame.itertuples(index=False):
@@ -133,10 +133,12 @@ class ScfMagics(Magics):
                 seq = int(frame["seq"].iloc[-1])
             if not args.follow:
                 return
-            status = _call(api.client().wait_event, request_id, 0.2)
-            if status not in ("QUEUED", "RUNNING") and not len(frame):
-                print(f"-- {status}")
+            if ended is not None:  # this read came after the end was seen: it had the last lines
+                print(f"-- {ended}")
                 return
+            status = _call(api.client().wait_event, request_id, 0.2)
+            if status not in ("QUEUED", "RUNNING"):
+                ended = status
 
     @magic_arguments()
     @argument("request_id", help="a RequestId, or the name of a variable holding an Event")

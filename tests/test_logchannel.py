@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from scf_nb.core.logchannel import MAX_LINE, LineSplitter
+from scf_nb.core.logchannel import CONTINUED, MAX_LINE, LineSplitter
 from scf_nb.core.worker import END_MARKER
 
 READ = 1 << 18  # what the engine reads from a pipe at a time
@@ -115,21 +115,48 @@ def test_user_nul_bytes_are_not_a_marker() -> None:
 
 
 # -- long lines ----------------------------------------------------------------------------------------------
+def rejoin(pieces: list[str | None]) -> str:
+    """The pieces of one long line joined; checks that every piece but the last, and only those, say so."""
+    texts = [p for p in pieces if p is not None]
+    assert len(texts) == len(pieces)
+    assert all(p.endswith(CONTINUED) for p in texts[:-1]), "a piece without the continuation marker"
+    assert not texts[-1].endswith(CONTINUED)
+    return "".join(p[: -len(CONTINUED)] for p in texts[:-1]) + texts[-1]
+
+
+def sizes(pieces: list[str | None]) -> list[int]:
+    """The UTF-8 size of each piece without its marker."""
+    return [len(p.removesuffix(CONTINUED).encode()) for p in pieces]  # type: ignore[union-attr]
+
+
+def test_a_long_line_is_cut_at_exactly_max_line_bytes_and_marked_whatever_the_reads() -> None:
+    data = b"y" * (5 * MAX_LINE + 123)
+    expected = [MAX_LINE] * 5 + [123]
+    for size in (READ, 7777, 65536, 3 * MAX_LINE, len(data) + 1):
+        out = feed_all(in_reads(data + b"\n", size))
+        assert sizes(out) == expected, f"reads of {size} bytes"
+        assert rejoin(out) == data.decode()
+
+
+def test_a_line_of_max_line_bytes_is_one_row_and_one_byte_more_is_two() -> None:
+    assert feed_all(in_reads(b"a" * MAX_LINE + b"\n")) == ["a" * MAX_LINE]
+    out = feed_all(in_reads(b"a" * MAX_LINE + b"b\n"))
+    assert out == ["a" * MAX_LINE + CONTINUED, "b"]
+
+
 def test_a_long_line_is_stored_in_pieces_with_nothing_lost() -> None:
     data = b"y" * (5 * MAX_LINE + 123)
     out = feed_all(in_reads(data + END_MARKER + b"\n"))
     assert out[-1] is None and out.count(None) == 1
-    pieces = out[:-1]
-    assert len(pieces) > 1
-    assert sum(len(p) for p in pieces) == len(data)  # type: ignore[arg-type]
-    assert set("".join(pieces)) == {"y"}  # type: ignore[arg-type]
+    assert sizes(out[:-1]) == [MAX_LINE] * 5 + [123]
+    assert rejoin(out[:-1]) == data.decode()
 
 
 def test_a_long_line_then_more_lines() -> None:
     data = b"z" * (2 * MAX_LINE) + b"\nnext\n"
     out = feed_all(in_reads(data))
     assert out[-1] == "next"
-    assert "".join(out[:-1]) == "z" * (2 * MAX_LINE)  # type: ignore[arg-type]
+    assert rejoin(out[:-1]) == "z" * (2 * MAX_LINE)
 
 
 @pytest.mark.parametrize("offset", [-20, -16, -15, -14, -1, 0, 1, 7, 15, 16, 17, 30])
@@ -140,21 +167,18 @@ def test_end_marker_after_a_long_line_found_wherever_the_read_ends(offset: int) 
     cut = len(body) + offset
     out = feed_all([data[:cut], data[cut:]])
     assert out[-1] is None and out.count(None) == 1
-    assert "".join(out[:-1]) == body.decode()  # type: ignore[arg-type]
+    assert sizes(out[:-1]) == [MAX_LINE, 100]
+    assert rejoin(out[:-1]) == body.decode()
 
 
-def test_long_line_pieces_are_at_most_max_line() -> None:
-    out = feed_all(in_reads(b"y" * (5 * MAX_LINE) + END_MARKER + b"\n"))
-    assert max(len(p) for p in out if p is not None) <= MAX_LINE
-    out = feed_all([b"w" * (3 * MAX_LINE) + b"\n"])
-    assert max(len(p) for p in out if p is not None) <= MAX_LINE
-
-
-def test_long_non_ascii_line_pieces_join_to_the_original_text() -> None:
-    text = "中" * (MAX_LINE // 2)  # 1.5 MB of 3-byte characters
-    out = feed_all(in_reads(text.encode()), close=True)
-    assert len(out) > 1
-    assert "".join(out) == text  # type: ignore[arg-type]
+def test_long_non_ascii_line_pieces_end_on_characters_and_join_to_the_original_text() -> None:
+    text = "a" + "中" * (MAX_LINE // 2)  # 1.5 MB of 3-byte characters, shifted by one byte
+    for size in (READ, 99_999, len(text.encode()) + 1):
+        out = feed_all(in_reads(text.encode(), size), close=True)
+        assert len(out) == 2
+        assert all(MAX_LINE - 3 <= n <= MAX_LINE for n in sizes(out[:-1]))
+        assert "\\x" not in "".join(out)  # type: ignore[arg-type]  # no character was cut in two
+        assert rejoin(out) == text
 
 
 def test_a_long_non_ascii_line_and_marker_in_one_read() -> None:
@@ -162,16 +186,15 @@ def test_a_long_non_ascii_line_and_marker_in_one_read() -> None:
     out = feed_all([text.encode() + END_MARKER + b"\nnext\n"])
     assert out[-2:] == [None, "next"] and out.count(None) == 1
     pieces = out[:-2]
-    assert len(pieces) > 1
-    assert max(len(p.encode()) for p in pieces) <= MAX_LINE  # type: ignore[union-attr]
-    assert "".join(pieces) == text  # type: ignore[arg-type]
+    assert len(pieces) == 2 and MAX_LINE - 3 <= sizes(pieces)[0] <= MAX_LINE
+    assert rejoin(pieces) == text
 
 
 def test_a_long_run_of_invalid_bytes_is_kept_whole() -> None:
     n = MAX_LINE + 100
     out = feed_all(in_reads(b"\xff" * n + b"\n" + END_MARKER + b"\n"))
     assert out[-1] is None and out.count(None) == 1
-    assert "".join(out[:-1]) == "\\xff" * n  # type: ignore[arg-type]
+    assert rejoin(out[:-1]) == "\\xff" * n
 
 
 # -- bytes that are not UTF-8 --------------------------------------------------------------------------------

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import wait_until
+from conftest import GATE, wait_until
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.testing.globalipapp import start_ipython
 
 import scf_nb
+from scf_nb import api
 
 HANDLER = """
 import os
@@ -96,3 +97,36 @@ def test_bad_input_is_a_one_line_usage_error(ip: Any, capsys: Any, cell: str, me
     assert "Traceback" not in text
     # nothing was recorded by a rejected call
     assert scf_nb.list_events().empty
+
+
+FOLLOWED = GATE + '''
+def main_handler(event, context):
+    print("start", flush=True)
+    wait_file(event["gate"])
+    print("end", flush=True)
+'''
+
+
+def test_follow_ends_with_every_line(ip: Any, capsys: Any, monkeypatch: Any, tmp_path: Any) -> None:
+    """The event's last line is stored while ``--follow`` waits between two reads: it must still be printed,
+    before the status line. The gate opens right after a read that found nothing new, so the event ends
+    during the wait that follows it (where the old loop stopped without reading again)."""
+    gate = tmp_path / "gate"
+    run(ip, "%%scf_function followed --async\n" + FOLLOWED)
+    ip.user_ns["payload"] = {"gate": str(gate)}
+    ev = run(ip, "ev = %scf_invoke followed --event-var payload\nev")
+    wait_until(lambda: len(ev.logs()) == 1, what="the handler's first line")
+    real_logs = api.logs
+
+    def logs_then_open_the_gate(*args: Any, **kwargs: Any) -> Any:  # the real call; it only watches
+        frame = real_logs(*args, **kwargs)
+        if kwargs.get("since_seq") and frame.empty:
+            gate.write_text("")
+        return frame
+
+    monkeypatch.setattr(api, "logs", logs_then_open_the_gate)
+    capsys.readouterr()
+    run(ip, "%scf_logs ev --follow")
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(" ", 2)[2] for line in out[:-1]] == ["start", "end"]
+    assert out[-1] == "-- FINISHED"

@@ -248,13 +248,18 @@ class Client:
 
     def logs(self, request_id: str, *, since_seq: int | None = None, stream: str | None = None) -> pd.DataFrame:
         """The event's lines in ``seq`` order: columns ``seq, ts, stream, line``. ``since_seq`` returns only
-        the lines after that one, so a caller can follow a running event."""
-        self._record(request_id, traced_only=True)
+        the lines after that one, so a caller can follow a running event. The logs of an untraced event
+        (``trace=False``) are found too: as in SCF, logs are kept whatever status tracking says.
+
+        Raises:
+            ScfError: ``ResourceNotFound.AsyncEvent`` for a RequestId that names no event (or one purged).
+        """
         return self._logs(request_id, since_seq, stream)
 
     def search_logs(self, text: str, *, function: str | None = None, namespace: str | None = None,
                     limit: int = 1000) -> pd.DataFrame:
-        """Lines containing ``text`` (case-insensitive), newest events first, with their RequestId."""
+        """Lines containing ``text`` (case-insensitive), newest events first, with their RequestId; untraced
+        events' lines too."""
         if not isinstance(text, str) or not text:
             raise invalid("SearchText", "search_logs needs a non-empty string")
         where, params = ["contains(lower(l.line), lower(?))"], [text]

@@ -14,6 +14,9 @@ ASYNC_MAX_EVENT_BYTES = 128 * 1024
 SYNC_MAX_EVENT_BYTES = 6 * 1024 * 1024
 ASYNC_DEFAULT_TIMEOUT_S = 24 * 3600
 SYNC_DEFAULT_TIMEOUT_S = 15 * 60
+# What a running engine takes at once (``Engine.reconfigure``); a change of any other setting needs a new engine.
+LIVE_SETTINGS = frozenset({"max_workers", "retention_hours", "max_qps", "grace_seconds", "idle_instance_seconds",
+                           "clock"})
 
 
 @dataclass(frozen=True)
@@ -21,7 +24,8 @@ class Config:
     """Settings of one engine. Every field has an ``SCF_NB_<NAME>`` environment variable.
 
     Attributes:
-        home: folder of the DuckDB store (``<home>/scf_nb.duckdb``). Default ``./.scf_nb``.
+        home: folder of the DuckDB store (``<home>/scf_nb.duckdb``), made absolute when the config is made
+            (a later ``os.chdir`` does not move it). Default ``./.scf_nb``.
         max_workers: most instance processes alive at once, over all functions.
         retention_hours: events and logs older than this are deleted, rolling (SCF keeps 3 days).
         max_qps: invocations per second accepted over all functions; beyond it ``LimitExceeded``.
@@ -45,6 +49,13 @@ class Config:
     warm_spare: bool = True
     clock: Callable[[], float] = time.time
 
+    def __post_init__(self) -> None:
+        try:
+            home = Path(os.path.abspath(Path(self.home).expanduser()))
+        except TypeError:
+            raise invalid("Config", f"home must be a path, got {self.home!r}") from None
+        object.__setattr__(self, "home", home)
+
     @property
     def db_path(self) -> Path:
         return Path(self.home) / "scf_nb.duckdb"
@@ -55,11 +66,17 @@ class Config:
         for name in changes:
             if name not in known:
                 raise invalid("Config", f"unknown setting {name!r}; known: {', '.join(sorted(known))}")
-        if "home" in changes:
-            changes["home"] = Path(changes["home"]).expanduser()
         cfg = replace(self, **changes)
         cfg._check()
         return cfg
+
+    def differences(self, other: "Config") -> list[str]:
+        """The names of the settings whose values differ between this config and ``other`` (two spellings of
+        one folder are the same ``home``)."""
+        out = [f.name for f in fields(self) if f.name != "home" and getattr(self, f.name) != getattr(other, f.name)]
+        if self.home != other.home and self.home.resolve() != other.home.resolve():
+            out.insert(0, "home")
+        return out
 
     def _check(self) -> None:
         positive = ("max_workers", "retention_hours", "max_qps", "flush_interval", "store_memory_mb",

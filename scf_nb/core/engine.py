@@ -42,7 +42,7 @@ import time
 from collections import OrderedDict, deque
 from typing import Any
 
-from .admission import Admission, encode_event
+from .admission import Admission, TokenBucket, encode_event
 from .config import Config
 from .dispatch import Ahead, Dispatcher
 from .errors import ScfError
@@ -175,6 +175,18 @@ class Engine(Dispatcher, Timers, InstanceIO):
 
     def terminate(self, ev: EventState, grace: bool) -> None:
         self._post(("terminate", ev, grace))
+
+    def unfinished(self) -> list[EventState]:
+        """The events that are QUEUED or RUNNING now, oldest first."""
+        return sorted((ev for ev in list(self._live.values()) if not ev.status.is_terminal), key=lambda e: e.key)
+
+    def reconfigure(self, config: Config) -> None:
+        """Take ``config`` while running; only its ``LIVE_SETTINGS`` may differ from the current one."""
+        if config.max_qps != self.config.max_qps:
+            self._admission.total = TokenBucket(config.max_qps)
+        self.clock = config.clock
+        self.config = config
+        self._post(("dispatch",))  # a higher max_workers may let queued events start now
 
     def wait(self, ev: EventState, timeout: float | None) -> Status:
         self.wait_all([ev], timeout)
@@ -372,6 +384,9 @@ class Engine(Dispatcher, Timers, InstanceIO):
     def _cmd_broken(self, inst: Instance) -> None:
         if inst.state != DYING and inst.state != REAPED:
             self._kill(inst, None)
+
+    def _cmd_dispatch(self) -> None:
+        self._need_dispatch = True
 
     def _cmd_retire(self, key: tuple[str, str]) -> None:
         for inst in list(self._pools.get(key, ())):

@@ -1,9 +1,11 @@
 """The engine's side of an instance's stdout/stderr pipes: bytes in, lines out, end-of-event markers found.
 
 A line ends at ``\\n``; a lone ``\\r`` (a progress bar redrawing) also ends one, so progress is live, but a
-``\\r`` on an empty line makes no line. A line longer than ``MAX_LINE`` bytes is stored in pieces of at most
-``MAX_LINE`` bytes, cut between characters. Bytes that are not UTF-8 are kept as backslash escapes. Nothing
-is dropped.
+``\\r`` on an empty line makes no line. A line longer than ``MAX_LINE`` bytes is stored in pieces of
+``MAX_LINE`` bytes each (the cut moved back, by at most 3 bytes, to a character boundary) and a last one with
+the rest; every piece but the last ends with ``CONTINUED``, so a reader can join them: the next piece is the
+next line of the same stream (the other stream's lines may come between). Bytes that are not UTF-8 are kept
+as backslash escapes. Nothing is dropped.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from .worker import END_MARKER
 
 MAX_LINE = 1 << 20
+CONTINUED = " [scf_nb: continued in the next line of this stream]"
 _KEEP = len(END_MARKER) + 1  # a marker may straddle two reads: never cut into the last bytes of a tail
 
 
@@ -36,24 +39,30 @@ class LineSplitter:
         else:
             parts = data.split(b"\n")
         tail = parts.pop()
-        if len(tail) > MAX_LINE + _KEEP:  # a huge line: store what we have, keep going
-            cut = _char_boundary(tail, len(tail) - _KEEP)
-            parts.append(tail[:cut])
-            tail = tail[cut:]
+        cut: list[bytes] = []
+        start = 0
+        while len(tail) - start > MAX_LINE + _KEEP:  # a huge line: store its whole pieces now, keep the rest
+            end = _char_boundary(tail, start + MAX_LINE)
+            cut.append(tail[start:end])
+            start = end
+        if start:
+            tail = tail[start:]
         self.pending = tail + held
         if b"\x00" not in data:
             if len(data) <= MAX_LINE:
                 return [p.decode("utf-8", "backslashreplace") for p in parts]
-            return [_decode(piece) for p in parts for piece in _pieces(p)]
-        out: list[str | None] = []
-        for p in parts:
-            marker = p.endswith(END_MARKER)
-            if marker:
-                p = p[: -len(END_MARKER)]
-            if p or not marker:
-                out.extend(_decode(piece) for piece in _pieces(p))
-            if marker:
-                out.append(None)
+            out: list[str | None] = [piece for p in parts for piece in _pieces(p)]
+        else:
+            out = []
+            for p in parts:
+                marker = p.endswith(END_MARKER)
+                if marker:
+                    p = p[: -len(END_MARKER)]
+                if p or not marker:
+                    out.extend(_pieces(p))
+                if marker:
+                    out.append(None)
+        out.extend(_decode(piece) + CONTINUED for piece in cut)
         return out
 
     def close(self) -> list[str | None]:
@@ -66,15 +75,18 @@ def _decode(b: bytes) -> str:
     return b.decode("utf-8", "backslashreplace")
 
 
-def _pieces(line: bytes) -> list[bytes]:
+def _pieces(line: bytes) -> list[str]:
+    """``line`` decoded, in pieces of ``MAX_LINE`` bytes (moved back to a character boundary) and the rest;
+    each piece but the last ends with ``CONTINUED``."""
     if len(line) <= MAX_LINE:
-        return [line]
+        return [_decode(line)]
     out = []
-    while len(line) > MAX_LINE:
-        cut = _char_boundary(line, MAX_LINE)
-        out.append(line[:cut])
-        line = line[cut:]
-    out.append(line)
+    start = 0
+    while len(line) - start > MAX_LINE:
+        end = _char_boundary(line, start + MAX_LINE)
+        out.append(_decode(line[start:end]) + CONTINUED)
+        start = end
+    out.append(_decode(line[start:]))
     return out
 
 
