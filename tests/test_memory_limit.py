@@ -186,3 +186,15 @@ def test_a_dead_engines_cgroups_are_removed_by_the_next_one(tmp_path: Path) -> N
     finally:
         stop(proc)
         kill_tagged(tag)
+
+
+def test_events_sent_ahead_do_not_go_down_with_an_event_over_the_limit(limited: Any) -> None:
+    # A child over the limit: in a cgroup the OOM killer kills only the child and the handler returns, so the
+    # instance would start what was sent ahead to it, and die with it, if the worker did not refuse to.
+    limited.create_function("hog", HOG, async_run=True, memory_mb=LIMIT_MB, concurrency=1)
+    for _ in range(3):
+        assert ended(limited.invoke("hog", {"kind": "ok", "mb": 1}))["status"] == "FINISHED"  # warm: busy at once
+        over = limited.invoke("hog", {"kind": "child", "mb": 3 * LIMIT_MB})
+        behind = [limited.invoke("hog", {"kind": "ok", "mb": 1}) for _ in range(4)]  # sent ahead to its instance
+        assert ended(over)["error_type"] == "MemoryLimitExceeded"
+        assert [ended(ev)["status"] for ev in behind] == ["FINISHED"] * 4, [ended(ev)["error_message"] for ev in behind]
