@@ -4,8 +4,10 @@
 
     <the engine's own cgroup (v1), or its parent (v2)>/
         scf_nb-<engine pid>/      made when the engine starts, removed when it closes (or by the next engine)
-            i<n>/                 instance n, moved in after its hello, before its code loads; what it starts
-                                  is born inside. memory.max (v2) / memory.limit_in_bytes (v1): the kernel
+            i<n>/                 instance n: made by the engine when the instance learns its function; the
+                                  instance moves itself in before the function's code runs (a cgroup move
+                                  can take the kernel ~12 ms: not on the engine thread), so what it starts is
+                                  born inside. memory.max (v2) / memory.limit_in_bytes (v1): the kernel
                                   stops an allocation over it at once (its OOM killer kills in this cgroup)
 
 :class:`MemoryCgroups` finds out when the engine starts what this machine allows: cgroup v2 first, then v1's
@@ -14,12 +16,14 @@ process, killed at once). Where nothing works (no cgroup file system, not writab
 delegated) the mode is ``watchdog``: the engine samples the memory of busy limited instances instead
 (timers.py) and compares each event's peak with the limit when it ends.
 
-Why v2 uses the parent of the engine's cgroup: a v2 cgroup that holds processes (the engine's does) may not
-give the memory controller to children of its own, except the root. Under systemd that parent is a slice
-the user owns (delegated), and a sibling folder there is the usual way to get one.
+Why v2 uses the parent of the engine's cgroup (unless the engine is in the root): a v2 cgroup that holds
+processes, as the engine's does, cannot give its children the memory controller. Under a systemd user
+manager that parent is a slice inside the user's delegated subtree, where the user may make folders. Not
+tried on a machine with a v2 memory controller yet (the one this was written on has v1's only).
 
 The memory an instance had before the move stays charged where it was, so each cgroup's limit is
-``memory_mb`` minus the instance's resident memory at the move: the limit then bounds the whole instance.
+``memory_mb`` less the instance's resident memory when its cgroup is made (an idle interpreter, ~20 MB):
+the limit then bounds the whole instance.
 """
 
 from __future__ import annotations
