@@ -3,7 +3,8 @@
 ::
 
     <the engine's own cgroup (v1), or its parent (v2)>/
-        scf_nb-<engine pid>/      made when the engine starts, removed when it closes (or by the next engine)
+        scf_nb-<engine pid>-<k>/  made when engine k of that process starts, removed when it closes (or by
+                                  the next engine to start, once that process is gone)
             i<n>/                 instance n: made by the engine when the instance learns its function; the
                                   instance moves itself in before the function's code runs (a cgroup move
                                   can take the kernel ~12 ms: not on the engine thread), so what it starts is
@@ -29,6 +30,7 @@ the limit then bounds the whole instance.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import signal
 import sys
@@ -38,6 +40,7 @@ CGROUP2, CGROUP1, WATCHDOG = "cgroup2", "cgroup1", "watchdog"
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _MIN_LIMIT = 1 << 20
 _PROBE_LIMIT = 64 << 20
+_engines = itertools.count(1)
 # The files of each version: limit, peak, usage now, the file with the "oom_kill N" line.
 _FILES = {
     CGROUP2: ("memory.max", "memory.peak", "memory.current", "memory.events"),
@@ -124,12 +127,6 @@ class MemoryCgroups:
         self._ready()
         return self._top
 
-    def describe(self) -> str:
-        """One line on how ``memory_mb`` is enforced."""
-        if self.mode == WATCHDOG:
-            return f"watchdog: {self._reason}"
-        return f"{self._mode}: {self._top}"
-
     def prepare(self, name: str, pid: int, limit: int) -> Cgroup | None:
         """A new cgroup ``name`` for process ``pid`` limited to ``limit`` bytes, less what ``pid`` has resident
         now (that stays charged where it was). The process moves itself in (``Cgroup.procs``) before its
@@ -166,9 +163,9 @@ class MemoryCgroups:
             self._top = None
 
     def _ready(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        thread = self._thread  # any thread may ask; joining a finished thread is cheap
+        if thread is not None:
+            thread.join()
 
     def _detect(self, engine_pid: int) -> None:
         tried = []
@@ -238,12 +235,13 @@ def _own_cgroups() -> dict[str, str]:
 
 def _make_top(parent: str, version: str, engine_pid: int) -> str:
     """Make the engine's folder and prove that a process can be moved into a limited child of it."""
-    top = os.path.join(parent, f"scf_nb-{engine_pid}")
-    try:
-        os.mkdir(top)
-    except FileExistsError:  # a dead engine with our pid: whatever it left is stale
-        for entry in _subdirs(top):
-            _rmdir(entry)
+    top = os.path.join(parent, f"scf_nb-{engine_pid}-{next(_engines)}")  # a process may run several engines
+    while True:
+        try:
+            os.mkdir(top)
+            break
+        except FileExistsError:  # a dead engine's, whose pid was ours
+            top = os.path.join(parent, f"scf_nb-{engine_pid}-{next(_engines)}")
     try:
         if version == CGROUP2:
             _write(os.path.join(top, "cgroup.subtree_control"), "+memory")
@@ -294,8 +292,8 @@ def remove_stale(parent: str) -> None:
     """Remove the folders of engines that are no longer running (their processes are gone too; a folder
     that still holds one stays)."""
     for entry in _subdirs(parent):
-        name = os.path.basename(entry)
-        if not name.startswith("scf_nb-") or not name[7:].isdigit() or _alive(int(name[7:])):
+        parts = os.path.basename(entry).split("-")
+        if len(parts) != 3 or parts[0] != "scf_nb" or not parts[1].isdigit() or _alive(int(parts[1])):
             continue
         for child in _subdirs(entry):
             _rmdir(child)
