@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import wire
+from .cgroups import Cgroup
 from .functions import Function
 from .logchannel import LineSplitter
 from .records import EventState
@@ -72,7 +73,7 @@ class Instance:
         self.deadline = 0.0  # time.monotonic() by which its event must end
         self.deadline_armed = False  # a "deadline" timer is pending for it
         self.started_at = 0.0
-        self.cgroup: Any = None  # cgroups.Cgroup of a limited instance, where the machine allows one
+        self.cgroup: Cgroup | None = None  # a limited instance's memory cgroup, where the machine allows one
 
     @property
     def key(self) -> tuple[str, str] | None:

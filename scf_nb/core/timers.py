@@ -136,7 +136,7 @@ class Timers:
                 continue
             busy = True
             used = _rss(inst.pid)
-            if used > inst.fn.memory_mb * _MB:  # type: ignore[union-attr]
+            if used > inst.fn.memory_mb * _MB:  # type: ignore[union-attr, operator]
                 self._over_memory(inst, used, f"{used / _MB:.0f} MB used")
         if busy:
             self._watch_armed = True
@@ -146,6 +146,7 @@ class Timers:
         """A busy instance with a cgroup: the OOM killer killed in it (a child: the instance lives on); or, if
         it is not inside after all (its move was refused), watch it."""
         cg = inst.cgroup
+        assert cg is not None
         if not cg.entered and not self._entered(inst):
             return
         if cg.oom_kills():
@@ -156,6 +157,7 @@ class Timers:
         """Whether ``inst`` moved into its cgroup (it does so as its code loads, which its first event, once
         ended or running for a second, has done); if it did not, watch it instead."""
         cg = inst.cgroup
+        assert cg is not None
         if inst.pid and cg.holds(inst.pid):
             cg.entered = True
             return True
