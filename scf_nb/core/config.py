@@ -35,6 +35,8 @@ class Config:
         store_memory_mb: DuckDB's memory limit.
         warm_spare: keep one started instance process that no function owns yet, so a new instance
             (the first event, or the one after an instance was replaced) needs no process start.
+        memory_cgroups: enforce ``memory_mb`` with a memory cgroup per instance where the machine allows
+            one (``Engine.memory_limit_mode`` says what is used); False: always the watchdog.
         clock: the wall clock (seconds since the epoch); injectable for retention tests.
     """
 
@@ -47,6 +49,7 @@ class Config:
     flush_interval: float = 0.03
     store_memory_mb: int = 256
     warm_spare: bool = True
+    memory_cgroups: bool = True
     clock: Callable[[], float] = time.time
 
     def __post_init__(self) -> None:
@@ -87,6 +90,8 @@ class Config:
                 raise invalid("Config", f"{name} must be a positive number, got {value!r}")
         if not isinstance(self.grace_seconds, (int, float)) or self.grace_seconds < 0:
             raise invalid("Config", f"grace_seconds must be >= 0, got {self.grace_seconds!r}")
+        if not isinstance(self.memory_cgroups, bool):
+            raise invalid("Config", f"memory_cgroups must be True or False, got {self.memory_cgroups!r}")
 
 
 def from_environment(environ: dict[str, str] | None = None) -> Config:
@@ -100,7 +105,7 @@ def from_environment(environ: dict[str, str] | None = None) -> Config:
         if f.name == "home":
             changes["home"] = raw
             continue
-        if f.name == "warm_spare":
+        if f.name in ("warm_spare", "memory_cgroups"):
             changes[f.name] = raw.strip().lower() not in ("0", "false", "no", "off", "")
             continue
         try:

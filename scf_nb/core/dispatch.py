@@ -103,6 +103,8 @@ class Dispatcher:
         def _post(self, item: tuple[Any, ...]) -> None: ...
         def _on_pipe(self, fd: int, inst: Instance) -> bool: ...
         def _end(self, ev: EventState, status: Status, **fields: Any) -> None: ...
+        def _load(self, inst: Instance) -> None: ...
+        def _watch(self, inst: Instance) -> None: ...
 
     # -- dispatch ---------------------------------------------------------------------------------------------
     def _dispatch(self, key: tuple[str, str]) -> None:
@@ -214,7 +216,7 @@ class Dispatcher:
             inst.records = self.records_for(fn.key)
             if inst.conn is not None:
                 try:
-                    inst.load()
+                    self._load(inst)
                 except (OSError, ValueError):
                     self._broken(inst)
         self._pools.setdefault(fn.key, []).append(inst)
@@ -251,6 +253,8 @@ class Dispatcher:
         if not inst.deadline_armed:  # at most one timer per instance, not one per event (held for hours)
             inst.deadline_armed = True
             self._schedule(ev.fn.effective_timeout, "deadline", inst)
+        if ev.fn.memory_mb:
+            self._watch(inst)
 
     def _send_run(self, inst: Instance) -> None:
         ev = inst.event

@@ -102,6 +102,7 @@ class Engine(Dispatcher, Timers, InstanceIO):
         self._sel = Poller()
         self._sel.register(self._listener, (self._on_accept, None))
         self._sel.register(self._wake_r, (self._on_wake, None))
+        self._init_memory()  # finds out (on a thread of its own) whether memory_mb can be a cgroup's limit
         self._spawner = Spawner(lambda inst: self._post(("exited", inst)))
         self._spare: Instance | None = None
         self._ensure_spare()  # its process starts while the store opens
@@ -221,6 +222,7 @@ class Engine(Dispatcher, Timers, InstanceIO):
         self._post(("close",))
         self._thread.join(timeout=15)
         self._spawner.stop()
+        self._memory.close()
         self.store.close()
         for ahead in self._ahead.values():
             ahead.shared.close()
@@ -239,6 +241,7 @@ class Engine(Dispatcher, Timers, InstanceIO):
         self._spawner.stop()
         if self._spare is not None and self._spare.executor is not None:
             self._spare.executor.shutdown(wait=False, kill_workers=True)
+        self._memory.close()
         self._sel.close()
         self._listener.close()
         for fd in (self._wake_r, self._wake_w):

@@ -94,6 +94,11 @@ class InstanceIO:
         def _broken(self, inst: Instance) -> None: ...
         def _steal(self, idle: Instance) -> None: ...
         def _schedule(self, delay: float, kind: str, obj: Any) -> None: ...
+        def _load(self, inst: Instance) -> None: ...
+        def _ended_over_memory(self, inst: Instance, ev: EventState, status: str, payload: Any,
+                               duration_ms: float, mem: int | None) -> bool: ...
+        def _died_of_memory(self, inst: Instance) -> Outcome | None: ...
+        def _release_memory(self, inst: Instance) -> None: ...
 
     def _on_accept(self, fd: int, _: Any) -> None:
         try:
@@ -136,7 +141,7 @@ class InstanceIO:
             return
         if inst.fn is not None:
             try:
-                inst.load()
+                self._load(inst)
             except (OSError, ValueError):  # gone already: its event (if any) fails to send too, and goes back
                 self._broken(inst)
         if inst.event is not None:
@@ -326,12 +331,14 @@ class InstanceIO:
         if ev is not None and not ev.status.is_terminal:
             out = inst.outcome
             if out is None or out.status is None:
-                out = Outcome(Status.FAILED, "InstanceDied", inst.exit_description(), "instance died")
+                out = self._died_of_memory(inst) or Outcome(Status.FAILED, "InstanceDied", inst.exit_description(),
+                                                            "instance died")
             self._end(ev, out.status, error_type=out.error_type, error_message=out.error_message,
-                      exit_reason=out.exit_reason)
+                      exit_reason=out.exit_reason, mem_usage_bytes=out.mem_usage_bytes)
         self._release_ahead(inst)  # only if it could not be settled before (the worker was stuck)
         if inst.pid:
             self.store.later("DELETE FROM instances WHERE pgid = ?", (inst.pid,))
+        self._release_memory(inst)
         self._spawner.dispose(inst)
         self._need_dispatch = True
 
@@ -376,6 +383,8 @@ class InstanceIO:
         for s in inst.streams.values():
             s.ended = False
         inst.event, inst.last_event = None, ev
+        if ev.fn.memory_mb and self._ended_over_memory(inst, ev, status, payload, duration_ms, mem):
+            return True
         if status == "FINISHED":
             self._end(ev, Status.FINISHED, duration_ms=duration_ms, result=payload, mem_usage_bytes=mem,
                       exit_reason="returned", end_time=self._from_wall(ended_at), init_duration_ms=init_ms,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import wire
+from .cgroups import Cgroup
 from .functions import Function
 from .logchannel import LineSplitter
 from .records import EventState
@@ -36,6 +37,7 @@ class Outcome:
     error_type: str | None = None
     error_message: str | None = None
     exit_reason: str = ""
+    mem_usage_bytes: int | None = None
 
 
 class Instance:
@@ -74,6 +76,7 @@ class Instance:
         self.deadline = 0.0  # time.monotonic() by which its event must end
         self.deadline_armed = False  # a "deadline" timer is pending for it
         self.started_at = 0.0
+        self.cgroup: Cgroup | None = None  # a limited instance's memory cgroup, where the machine allows one
 
     @property
     def key(self) -> tuple[str, str] | None:
@@ -89,9 +92,12 @@ class Instance:
         fn = self.fn
         assert fn is not None and self.conn is not None
         context = {"function_name": fn.name, "namespace": fn.namespace, "memory_limit_in_mb": fn.memory_mb}
+        cg = self.cgroup  # the worker moves itself into it, and checks each event against the limit
+        memory = fn.memory_mb and {"limit": fn.memory_mb << 20, "cgroup": cg and cg.procs,
+                                   "oom_file": cg and cg.events_file}
         self.send(("load", {"name": fn.name, "code": fn.code, "handler": fn.handler, "env": dict(fn.env),
                             "context": context, "timeout": fn.effective_timeout, "records": self.records,
-                            "number": self.number}))
+                            "number": self.number, "memory": memory or None}))
 
     def send(self, msg: tuple[Any, ...]) -> None:
         self.conn.sendall(wire.frame(msg))

@@ -30,6 +30,7 @@ import inspect
 import json
 import linecache
 import os
+import resource
 import signal
 import socket
 import struct
@@ -44,6 +45,7 @@ from typing import Any
 
 from . import results, wire
 from .ahead import Claims
+from .cgroups import oom_kills
 
 END_MARKER = b"\x00\x1fscf_nb:end\x1f\x00"
 INSTANCE_MARK = "SCF_NB_ENGINE_PID"
@@ -253,7 +255,10 @@ class _Runner:
         if not drained:
             for fd in _OWN_ENDS:
                 os.write(fd, END_MARKER + b"\n")
-        memory = _peak_memory() if duration_ms + (init_ms or 0.0) >= _PEAK_AFTER_MS else _resident_memory()
+        limited = self.spec.get("memory")
+        long = duration_ms + (init_ms or 0.0) >= _PEAK_AFTER_MS
+        memory = _peak_memory() if long or limited else _resident_memory()
+        outcome = self._within_memory(outcome, memory)  # before the claim: an instance over it claims nothing
         ended_at = time.time()  # before the claim: the next event's start is later
         nxt, claimed_at = self._claim()
         self.sock.sendall(wire.frame(("done", outcome[0], outcome[1], duration_ms, memory, drained,
@@ -292,8 +297,24 @@ class _Runner:
         self.candidates = [by_seq[s] for s in keep]
         return (by_seq[seq] if seq is not None else None), self.claims.claimed_at
 
+    def _within_memory(self, outcome: tuple[str, Any], memory: int) -> tuple[str, Any]:
+        """An event that went over its function's ``memory_mb`` fails, whatever the handler did, and this
+        instance (it is replaced) starts nothing more, not even an event sent ahead, which would otherwise
+        die with it. Over: the kernel's OOM killer killed in its cgroup, or (without one) its peak."""
+        spec = self.spec.get("memory")
+        if not spec or outcome[0] == "ABORTED":
+            return outcome
+        over = oom_kills(spec["oom_file"]) > 0 if spec["oom_file"] else memory > spec["limit"]
+        if not over:
+            return outcome
+        self.failed = True
+        message = f"memory limit exceeded: {memory / 2**20:.0f} MB at peak, memory_mb={spec['limit'] >> 20}"
+        tb = outcome[1]["traceback"] if outcome[0] == "FAILED" else ""  # what the handler raised, if it did
+        return ("FAILED", {"type": "MemoryLimitExceeded", "message": message, "traceback": tb})
+
     def _load(self) -> Any:
         """Cold start: run the function's module top level once; its state stays for warm events."""
+        _enter_cgroup(self.spec.get("memory"))
         name, code = self.spec["name"], self.spec["code"]
         filename = f"<scf_function {name}>"
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
@@ -398,11 +419,32 @@ def _proc_fd(name: str, flags: int) -> int:
     return fd
 
 
+def _enter_cgroup(spec: dict[str, Any] | None) -> None:
+    """Move into the memory cgroup the engine made for this instance, before the function's code runs (what
+    it starts is born inside). If that is refused, the limit is checked at each event's end only."""
+    if spec is None or not spec["cgroup"]:
+        return
+    try:
+        fd = os.open(spec["cgroup"], os.O_WRONLY)
+        try:
+            os.write(fd, str(os.getpid()).encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        spec["oom_file"] = None
+        print(f"scf_nb: could not enter the instance's memory cgroup ({e}); memory_mb is checked against "
+              f"each event's peak instead", file=sys.stderr)
+
+
+_children_peak = [0]  # the largest child's peak (KiB) when the event started
+
+
 def _reset_peak_memory() -> None:
     try:
         os.write(_proc_fd("clear_refs", os.O_WRONLY), b"5")
     except OSError:
         pass
+    _children_peak[0] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 
 
 # Reading the peak (VmHWM) makes the kernel write all of /proc/self/status: ~7 us, more than a short event's
@@ -421,13 +463,19 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _peak_memory() -> int:
-    """Peak resident memory of this process since the event started, in bytes."""
+    """Peak resident memory of this process since the event started, in bytes; with a child process that
+    ended in this event (and was waited for), at least what this process holds now plus that child's peak."""
     try:
         data = os.pread(_proc_fd("status", os.O_RDONLY), 16384, 0)
-        i = data.index(b"VmHWM:")
-        return int(data[i + 6:data.index(b"kB", i)]) * 1024
+        peak = _status_kb(data, b"VmHWM:") * 1024
     except (OSError, ValueError):
-        pass
-    import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if child > _children_peak[0]:  # the biggest child so far was this event's
+        peak = max(peak, (_status_kb(data, b"VmRSS:") + child) * 1024)
+    return peak
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+def _status_kb(data: bytes, name: bytes) -> int:
+    i = data.index(name)
+    return int(data[i + len(name):data.index(b"kB", i)])
