@@ -11,12 +11,16 @@ The engine submits :func:`serve` once per instance; it never returns while the i
                                                        handler(event, context)
     pipes r1/r2  <---- every byte the event writes --  print, logging, C code, child processes
     pipes r1/r2  <---- END marker on each stream ----  (after flushing Python's stdio)
+    side socket  <---- send_fds(r3, r4) --------------  instead, if the event left a process behind:
+                                                       fd 1 := pipe w3, fd 2 := pipe w4 (r1/r2 are its)
     same socket  <---- ("done", status, ...) ---------
     same socket  ----- ("run", ..., record) -------->  sent ahead while busy: started right after the
                                                        current event, if claimed first (ahead.py)
 
 The read ends of the pipes live in the engine: what an event wrote before its process was killed is still in
-the pipe and is read to EOF, so no line is lost or given to another event. This module imports nothing heavy:
+the pipe and is read to EOF, so no line is lost or given to another event. An event that leaves a process
+behind (a daemon) keeps the pipes it ran with: the worker moves fds 1/2 to new pipes for the events after it,
+so whatever the leftover writes later is still known to be that event's. This module imports nothing heavy:
 it is imported at every cold start.
 """
 
@@ -100,21 +104,24 @@ def _libc() -> Any:
 def serve(address: str, token: str) -> None:
     """The instance's serve loop: connect back, hand over the capture pipes, then run events one by one."""
     read_ends = _capture_stdio()  # first: the engine waits for the hello from the moment we connect
+    # New pipes go to the engine over a socket of their own, so the main socket stays plain bytes (recv).
+    side, engine_side = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(address)
     except OSError:  # the engine is gone: do not linger as an idle loky worker
         os._exit(1)
     try:
-        socket.send_fds(sock, [f"{token} {os.getpid()}".encode()], read_ends)
+        socket.send_fds(sock, [f"{token} {os.getpid()}".encode()], [*read_ends, engine_side.fileno()])
     except BaseException:
         sock.close()  # the engine is waiting for our hello: let it see EOF at once
         raise
     for fd in read_ends:
         os.close(fd)
+    engine_side.close()
     # Idle, a receive gives up after _REAP_EVERY_S, to collect adopted orphans now and then.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(_REAP_EVERY_S), 0))
-    runner = _Runner(sock, slot_path(address, token))
+    runner = _Runner(sock, side, slot_path(address, token))
     signal.signal(signal.SIGTERM, runner.on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     reader = wire.Reader()
@@ -153,15 +160,21 @@ def _unread(fd: int) -> int:
     return buf[0]
 
 
+def _pipe() -> tuple[int, int]:
+    """A new capture pipe (big, so a burst rarely blocks)."""
+    r, w = os.pipe()
+    try:
+        fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_BYTES)
+    except OSError:
+        pass
+    return r, w
+
+
 def _capture_stdio() -> list[int]:
-    """Point fds 1 and 2 at fresh pipes (big, so a burst rarely blocks) and return their read ends."""
+    """Point fds 1 and 2 at fresh pipes and return their read ends."""
     read_ends = []
     for target, stream in ((1, "stdout"), (2, "stderr")):
-        r, w = os.pipe()
-        try:
-            fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_BYTES)
-        except OSError:
-            pass
+        r, w = _pipe()
         py = getattr(sys, stream)
         if py is not None:
             py.flush()
@@ -180,10 +193,79 @@ def _capture_stdio() -> list[int]:
     return read_ends
 
 
+def _left_behind() -> bool:
+    """Whether a process that the event started may still hold fds 1/2: one syscall in the common case (no
+    child at all). Orphans are our children too (we are their subreaper), so a daemon that double-forked
+    counts. Children that have exited hold nothing, and children that were already there when fds 1/2 last
+    moved hold only older pipes (a daemon of an earlier event must not cost every later one new pipes)."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    children = _live_children()
+    if children is not None and children <= _KNOWN_CHILDREN:
+        _KNOWN_CHILDREN.intersection_update(children)
+        return False
+    _KNOWN_CHILDREN.clear()
+    _KNOWN_CHILDREN.update(children or ())
+    return True
+
+
+_KNOWN_CHILDREN: set[bytes] = set()  # "pid starttime" of the children there when fds 1/2 last moved
+
+
+def _live_children() -> set[bytes] | None:
+    """Our children that have not exited, as "pid starttime" (a pid alone may be reused); None if that
+    cannot be read."""
+    found = set()
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children", "rb") as f:
+                pids = f.read().split()
+            for pid in pids:
+                with open(b"/proc/%s/stat" % pid, "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+                if fields[0] != b"Z":
+                    found.add(pid + b" " + fields[19])
+    except (OSError, IndexError):
+        return None
+    return found
+
+
+def _rotate_stdio(side: socket.socket) -> bool:
+    """Leave the current pipes to the processes the event left behind: fds 1/2 move to new pipes, whose
+    read ends go to the engine; our own copies of the old write ends are closed, so the old pipes reach
+    EOF when the last of those processes exits. False if no new pipes could be made (out of fds): the
+    event's leftovers then share the pipes with the next events, as END markers separate them."""
+    pipes: list[tuple[int, int]] = []
+    try:
+        for _ in (1, 2):
+            pipes.append(_pipe())
+    except OSError:
+        for fd in (fd for pipe in pipes for fd in pipe):
+            os.close(fd)
+        _KNOWN_CHILDREN.clear()  # try again at the next event's end
+        return False
+    old = list(_OWN_ENDS)
+    _OWN_ENDS[:] = [w for _r, w in pipes]
+    for target, (_r, w) in zip((1, 2), pipes):
+        os.dup2(w, target)
+    for fd in old:
+        os.close(fd)
+    read_ends = [r for r, _w in pipes]
+    try:
+        socket.send_fds(side, [b"p"], read_ends)  # before the "done" that says so: the engine reads it then
+    finally:
+        for fd in read_ends:
+            os.close(fd)
+    return True
+
+
 class _Runner:
-    def __init__(self, sock: socket.socket, slots: str) -> None:
+    def __init__(self, sock: socket.socket, side: socket.socket, slots: str) -> None:
         self.spec: dict[str, Any] = {}
         self.sock = sock
+        self.side = side
         self.slots = slots
         self.claims: Claims | None = None
         self.failed = False  # an event did not return: this instance is being replaced, start nothing more
@@ -226,14 +308,17 @@ class _Runner:
         self.failed = outcome[0] != "FINISHED"
         duration_ms = (time.perf_counter() - started) * 1000.0
         _flush_all()
+        # A process the event left behind keeps writing to fds 1/2: those pipes stay the event's, and the
+        # engine reads all that is in them when it gets our "done" (so no END markers are needed either).
+        rotated = _left_behind() and _rotate_stdio(self.side)
         # If the engine has already read every byte on both pipes, it has also stored them (it reads and
         # stores in one step, before it looks at our "done"): no END markers needed, two wake-ups saved.
-        drained = all(_unread(fd) == 0 for fd in _OWN_ENDS)
+        drained = rotated or all(_unread(fd) == 0 for fd in _OWN_ENDS)
         if not drained:
             for fd in _OWN_ENDS:
                 os.write(fd, END_MARKER + b"\n")
         memory = _peak_memory() if duration_ms >= _PEAK_AFTER_MS else _resident_memory()
-        self.sock.sendall(wire.frame(("done", outcome[0], outcome[1], duration_ms, memory, drained)))
+        self.sock.sendall(wire.frame(("done", outcome[0], outcome[1], duration_ms, memory, drained, rotated)))
         if time.monotonic() - _last_reap[0] > _REAP_EVERY_S:
             _reap_orphans()
 
