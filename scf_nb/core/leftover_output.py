@@ -62,12 +62,12 @@ class LeftoverOutput:
         they exit, is the event's whose "done" this is."""
         if inst.state == REAPED:
             return
-        new_fds = self._receive_pipes(inst)
-        if not new_fds:  # the instance is replaced (``_broken``); until then the old pipes stay current
-            return
         for fd, splitter in list(inst.streams.items()):
             if fd in inst.open_fds:
                 self._read_available(inst, fd, splitter)
+        new_fds = self._receive_pipes(inst)
+        if not new_fds:  # the instance is replaced (``_broken``); until then the old pipes stay current
+            return
         owner = inst.event or inst.last_event
         for fd, splitter in list(inst.streams.items()):
             del inst.streams[fd]
