@@ -46,14 +46,14 @@ from typing import Any
 
 from . import wire
 from .ahead import Claims, slot_path
+from .worker_pipes import OWN_ENDS as _OWN_ENDS
+from .worker_pipes import left_behind, move_stdio, new_pipe
 
 END_MARKER = b"\x00\x1fscf_nb:end\x1f\x00"
 INSTANCE_MARK = "SCF_NB_ENGINE_PID"
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
-_F_SETPIPE_SZ = 1031
 _IOLBF = 1
-PIPE_BYTES = 1 << 20
 
 
 class Terminated(BaseException):
@@ -146,7 +146,6 @@ def serve(address: str, token: str) -> None:
 
 
 _RECV_BYTES = 1 << 16
-_OWN_ENDS: list[int] = []
 _FIONREAD = termios.FIONREAD
 
 
@@ -160,21 +159,11 @@ def _unread(fd: int) -> int:
     return buf[0]
 
 
-def _pipe() -> tuple[int, int]:
-    """A new capture pipe (big, so a burst rarely blocks)."""
-    r, w = os.pipe()
-    try:
-        fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_BYTES)
-    except OSError:
-        pass
-    return r, w
-
-
 def _capture_stdio() -> list[int]:
-    """Point fds 1 and 2 at fresh pipes and return their read ends."""
+    """Point fds 1 and 2 at fresh pipes (big, so a burst rarely blocks) and return their read ends."""
     read_ends = []
     for target, stream in ((1, "stdout"), (2, "stderr")):
-        r, w = _pipe()
+        r, w = new_pipe()
         py = getattr(sys, stream)
         if py is not None:
             py.flush()
@@ -191,92 +180,6 @@ def _capture_stdio() -> list[int]:
     except (OSError, AttributeError, ValueError):
         pass
     return read_ends
-
-
-def _left_behind() -> bool:
-    """Whether a process that the event started may still hold fds 1/2: one syscall in the common case (no
-    child at all). Orphans are our children too (we are their subreaper), so a daemon that double-forked
-    counts. Children that have exited hold nothing, and children that were already there when fds 1/2 last
-    moved hold only older pipes (a daemon of an earlier event must not cost every later one new pipes)."""
-    try:
-        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return False
-    children = _live_children()
-    if children is not None and children <= _KNOWN_CHILDREN:
-        _KNOWN_CHILDREN.intersection_update(children)
-        return False
-    _KNOWN_CHILDREN.clear()
-    _KNOWN_CHILDREN.update(children or ())
-    return True
-
-
-_KNOWN_CHILDREN: set[bytes] = set()  # "pid starttime" of the children there when fds 1/2 last moved
-
-
-_MAX_TASKS_READ = 8  # each thread has its own list of children: past this many, new pipes cost less
-
-
-def _live_children() -> set[bytes] | None:
-    """Our children that have not exited, as "pid starttime" (a pid alone may be reused); None if that
-    cannot be read, or would cost more than new pipes do."""
-    found = set()
-    try:
-        tasks = os.listdir("/proc/self/task")
-        if len(tasks) > _MAX_TASKS_READ:
-            return None
-        for task in tasks:
-            pids = _read(f"/proc/self/task/{task}/children")
-            if len(pids) >= _READ_BYTES:  # a list this long may be cut
-                return None
-            for pid in pids.split():
-                fields = _read(b"/proc/%s/stat" % pid).rsplit(b")", 1)[1].split()
-                if fields[0] != b"Z":
-                    found.add(pid + b" " + fields[19])
-    except (OSError, IndexError):
-        return None
-    return found
-
-
-_READ_BYTES = 4096
-
-
-def _read(path: str | bytes) -> bytes:
-    """A small /proc file (os-level: a third of the cost of ``open``)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.read(fd, _READ_BYTES)
-    finally:
-        os.close(fd)
-
-
-def _rotate_stdio(side: socket.socket) -> bool:
-    """Leave the current pipes to the processes the event left behind: fds 1/2 move to new pipes, whose
-    read ends go to the engine; our own copies of the old write ends are closed, so the old pipes reach
-    EOF when the last of those processes exits. False if no new pipes could be made (out of fds): the
-    event's leftovers then share the pipes with the next events, as END markers separate them."""
-    pipes: list[tuple[int, int]] = []
-    try:
-        for _ in (1, 2):
-            pipes.append(_pipe())
-    except OSError:
-        for fd in (fd for pipe in pipes for fd in pipe):
-            os.close(fd)
-        _KNOWN_CHILDREN.clear()  # try again at the next event's end
-        return False
-    old = list(_OWN_ENDS)
-    _OWN_ENDS[:] = [w for _r, w in pipes]
-    for target, (_r, w) in zip((1, 2), pipes):
-        os.dup2(w, target)
-    for fd in old:
-        os.close(fd)
-    read_ends = [r for r, _w in pipes]
-    try:
-        socket.send_fds(side, [b"p"], read_ends)  # before the "done" that says so: the engine reads it then
-    finally:
-        for fd in read_ends:
-            os.close(fd)
-    return True
 
 
 class _Runner:
@@ -328,7 +231,7 @@ class _Runner:
         _flush_all()
         # A process the event left behind keeps writing to fds 1/2: those pipes stay the event's, and the
         # engine reads all that is in them when it gets our "done" (so no END markers are needed either).
-        rotated = _left_behind() and _rotate_stdio(self.side)
+        rotated = left_behind() and move_stdio(self.side)
         # If the engine has already read every byte on both pipes, it has also stored them (it reads and
         # stores in one step, before it looks at our "done"): no END markers needed, two wake-ups saved.
         drained = rotated or all(_unread(fd) == 0 for fd in _OWN_ENDS)
