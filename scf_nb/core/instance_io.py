@@ -2,7 +2,8 @@
 readers, and the end of an instance (kill, then reap once its fds are at EOF and its process is gone).
 
 ``InstanceIO`` is one half of :class:`scf_nb.core.engine.Engine`, split out to keep each file readable; it
-runs only on the engine thread and uses the engine's selector, store and dispatch state.
+runs only on the engine thread and uses the engine's selector, store and dispatch state. The pipes that an
+event keeps when it leaves processes behind are ``leftover_output.py``'s (mixed in here).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import wire
-from .instances import BUSY, DYING, IDLE, Instance, Outcome
+from .instances import BUSY, DYING, IDLE, REAPED, Instance, Outcome
+from .leftover_output import LeftoverOutput
 from .logchannel import LineSplitter
 from .status import Status
 
@@ -24,7 +26,6 @@ if TYPE_CHECKING:
     from .records import EventState
     from .store import Store
 
-REAPED = "reaped"
 log = logging.getLogger("scf_nb")
 _RECV_BYTES = 1 << 16
 _EXIT_STATUS_WAIT_S = 0.2
@@ -59,7 +60,7 @@ class Poller:
         self._epoll.close()
 
 
-class InstanceIO:
+class InstanceIO(LeftoverOutput):
     """Instance I/O and end of life, mixed into the Engine."""
 
     if TYPE_CHECKING:  # provided by Engine
@@ -108,14 +109,14 @@ class InstanceIO:
         sock.setblocking(True)
         sock.settimeout(5.0)
         try:
-            msg, fds, _flags, _a = socket.recv_fds(sock, 256, 2)
+            msg, fds, _flags, _a = socket.recv_fds(sock, 256, 3)
             token, pid = msg.decode().split()
         except (OSError, ValueError):
             sock.close()
             return
         sock.settimeout(None)
         inst = self._by_token.pop(token, None)
-        if inst is None or len(fds) != 2 or inst.state == REAPED:
+        if inst is None or len(fds) != 3 or inst.state == REAPED:
             sock.close()
             for extra in fds:
                 os.close(extra)
@@ -124,12 +125,10 @@ class InstanceIO:
         inst.conn = sock
         inst.reader = wire.Reader()
         inst.conn_fd = sock.fileno()
+        inst.side = socket.socket(fileno=fds[2])  # read only when a "done" says new pipes were sent on it
         self._sel.register(inst.conn_fd, (self._on_conn, inst))
-        for pipe_fd, stream in zip(fds, ("stdout", "stderr")):
-            os.set_blocking(pipe_fd, False)
-            inst.streams[pipe_fd] = LineSplitter(stream)
-            self._sel.register(pipe_fd, (self._on_pipe, inst))
-        inst.open_fds = {inst.conn_fd, *fds}
+        inst.open_fds = {inst.conn_fd}
+        self._add_pipes(inst, fds[:2])
         try:  # readable the moment the process has exited: no wait for loky to notice
             inst.pidfd = os.pidfd_open(inst.pid)
             self._sel.register(inst.pidfd, (self._on_pidfd, inst))
@@ -185,10 +184,12 @@ class InstanceIO:
         return handled
 
     def _on_done(self, inst: Instance, msg: tuple[Any, ...]) -> None:
+        if msg[-1]:  # the event left processes behind: the pipes it ran with are theirs now, new ones came
+            self._rotate(inst)
         if inst.state == DYING:  # being terminated with grace: it stopped, so stop it for good
             inst.signal(signal.SIGKILL)
             return
-        inst.dones.append(msg)
+        inst.dones.append(msg[:-1])
         self._try_complete(inst)
 
     def _on_pidfd(self, fd: int, inst: Instance) -> None:
@@ -317,8 +318,13 @@ class InstanceIO:
         for fd in list(inst.open_fds):
             if fd in inst.streams:
                 self._drain(inst, fd)
+            elif fd in inst.retired:
+                self._drain_retired(inst, fd)
             self._close_fd(inst, fd)
         inst.state = REAPED
+        if inst.side is not None:
+            inst.side.close()
+            inst.side = None
         self._close_pidfd(inst, ending=inst.exited and not force)
         self._all.discard(inst)
         self._by_token.pop(inst.token, None)

@@ -27,6 +27,7 @@ from .status import Status
 from .worker import INSTANCE_MARK, proc_stats
 
 STARTING, IDLE, BUSY, DYING = "starting", "idle", "busy", "dying"
+REAPED = "reaped"
 
 
 @dataclass
@@ -56,7 +57,10 @@ class Instance:
         self.conn_fd = -1
         self.pidfd: int | None = None
         self.pid: int | None = None
-        self.streams: dict[int, LineSplitter] = {}
+        self.streams: dict[int, LineSplitter] = {}  # the pipes fds 1/2 point at now
+        # Pipes left to the processes an event left behind (after its end): fd -> (splitter, that event).
+        self.retired: dict[int, tuple[LineSplitter, EventState | None]] = {}
+        self.side: Any = None  # a socket.socket: the worker sends new pipes' read ends over it
         self.open_fds: set[int] = set()
         self.event: EventState | None = None
         self.last_event: EventState | None = None

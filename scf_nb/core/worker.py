@@ -11,13 +11,17 @@ The engine submits :func:`serve` once per instance; it never returns while the i
                                                        handler(event, context)
     pipes r1/r2  <---- every byte the event writes --  print, logging, C code, child processes
     pipes r1/r2  <---- END marker on each stream ----  (after flushing Python's stdio)
+    side socket  <---- send_fds(r3, r4) --------------  instead, if the event left a process behind:
+                                                       fd 1 := pipe w3, fd 2 := pipe w4 (r1/r2 are its)
     same socket  <---- ("done", status, ...) ---------  the result (JSON text, and a pickle where JSON
                                                        would lose it), durations of the event and cold start
     same socket  ----- ("run", ..., record) -------->  sent ahead while busy: started right after the
                                                        current event, if claimed first (ahead.py)
 
 The read ends of the pipes live in the engine: what an event wrote before its process was killed is still in
-the pipe and is read to EOF, so no line is lost or given to another event. This module imports nothing heavy:
+the pipe and is read to EOF, so no line is lost or given to another event. An event that leaves a process
+behind (a daemon) keeps the pipes it ran with: the worker moves fds 1/2 to new pipes for the events after it,
+so whatever the leftover writes later is still known to be that event's. This module imports nothing heavy:
 it is imported at every cold start.
 """
 
@@ -46,14 +50,14 @@ from typing import Any
 from . import results, wire
 from .ahead import Claims
 from .cgroups import oom_kills
+from .worker_pipes import OWN_ENDS as _OWN_ENDS
+from .worker_pipes import left_behind, move_stdio, new_pipe
 
 END_MARKER = b"\x00\x1fscf_nb:end\x1f\x00"
 INSTANCE_MARK = "SCF_NB_ENGINE_PID"
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
-_F_SETPIPE_SZ = 1031
 _IOLBF = 1
-PIPE_BYTES = 1 << 20
 
 
 class Terminated(BaseException):
@@ -104,21 +108,24 @@ def _libc() -> Any:
 def serve(address: str, token: str) -> None:
     """The instance's serve loop: connect back, hand over the capture pipes, then run events one by one."""
     read_ends = _capture_stdio()  # first: the engine waits for the hello from the moment we connect
+    # New pipes go to the engine over a socket of their own, so the main socket stays plain bytes (recv).
+    side, engine_side = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(address)
     except OSError:  # the engine is gone: do not linger as an idle loky worker
         os._exit(1)
     try:
-        socket.send_fds(sock, [f"{token} {os.getpid()}".encode()], read_ends)
+        socket.send_fds(sock, [f"{token} {os.getpid()}".encode()], [*read_ends, engine_side.fileno()])
     except BaseException:
         sock.close()  # the engine is waiting for our hello: let it see EOF at once
         raise
     for fd in read_ends:
         os.close(fd)
+    engine_side.close()
     # Idle, a receive gives up after _REAP_EVERY_S, to collect adopted orphans now and then.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(_REAP_EVERY_S), 0))
-    runner = _Runner(sock)
+    runner = _Runner(sock, side)
     signal.signal(signal.SIGTERM, runner.on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
@@ -148,7 +155,6 @@ def serve(address: str, token: str) -> None:
 
 
 _RECV_BYTES = 1 << 16
-_OWN_ENDS: list[int] = []
 _FIONREAD = termios.FIONREAD
 
 
@@ -166,11 +172,7 @@ def _capture_stdio() -> list[int]:
     """Point fds 1 and 2 at fresh pipes (big, so a burst rarely blocks) and return their read ends."""
     read_ends = []
     for target, stream in ((1, "stdout"), (2, "stderr")):
-        r, w = os.pipe()
-        try:
-            fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_BYTES)
-        except OSError:
-            pass
+        r, w = new_pipe()
         py = getattr(sys, stream)
         if py is not None:
             py.flush()
@@ -190,9 +192,10 @@ def _capture_stdio() -> list[int]:
 
 
 class _Runner:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, side: socket.socket) -> None:
         self.spec: dict[str, Any] = {}
         self.sock = sock
+        self.side = side  # new capture pipes go to the engine over it (an event left a process behind)
         self.reader = wire.Reader()
         self.inbox: deque[tuple[Any, ...]] = deque()  # received, not handled yet
         self.candidates: list[tuple[Any, ...]] = []  # runs sent ahead, in order: one may be claimed at an end
@@ -249,9 +252,12 @@ class _Runner:
         self.failed = outcome[0] != "FINISHED"
         duration_ms = (time.perf_counter() - started) * 1000.0
         _flush_all()
+        # A process the event left behind keeps writing to fds 1/2: those pipes stay the event's, and the
+        # engine reads all that is in them when it gets our "done" (so no END markers are needed either).
+        rotated = left_behind() and move_stdio(self.side)
         # If the engine has already read every byte on both pipes, it has also stored them (it reads and
         # stores in one step, before it looks at our "done"): no END markers needed, two wake-ups saved.
-        drained = all(_unread(fd) == 0 for fd in _OWN_ENDS)
+        drained = rotated or all(_unread(fd) == 0 for fd in _OWN_ENDS)
         if not drained:
             for fd in _OWN_ENDS:
                 os.write(fd, END_MARKER + b"\n")
@@ -263,7 +269,7 @@ class _Runner:
         nxt, claimed_at = self._claim()
         self.sock.sendall(wire.frame(("done", outcome[0], outcome[1], duration_ms, memory, drained,
                                       None if nxt is None else nxt[5], claimed_at, self.received, ended_at,
-                                      init_ms, pickled)))
+                                      init_ms, pickled, rotated)))
         if time.monotonic() - _last_reap[0] > _REAP_EVERY_S:
             _reap_orphans()
         return nxt
