@@ -210,8 +210,11 @@ def test_events_sent_ahead_around_one_that_leaves_a_daemon(scf: Any, tmp_path: P
     d = scf.invoke("d", {})
     a = scf.invoke("d", daemon_event(tmp_path, "child"))
     b = scf.invoke("d", {"while_daemon": str(tmp_path / "progress"), "touch": str(tmp_path / "b-done")})
-    wait_until(lambda: {e.request_id for e, *_ in list(inst.ahead)} == {d.request_id, a.request_id, b.request_id},
-               20, "d, a and b to be sent ahead")
+    def sent_ahead() -> set[str]:
+        ahead = _engine()._ahead.get(("default", "d"))
+        return set() if ahead is None else {e.request_id for e, *_ in list(ahead.pending)}
+
+    wait_until(lambda: sent_ahead() == {d.request_id, a.request_id, b.request_id}, 20, "d, a and b to be sent ahead")
     held: dict[int, Any] = {}
 
     def hold() -> None:
