@@ -61,7 +61,8 @@ class Instance:
         self.dones: deque[tuple[Any, ...]] = deque()  # "done" messages not yet matched with their END markers
         self.outcome: Outcome | None = None  # set when the engine kills it (or finds it dead)
         self.exited = False
-        self.exitcode: int | None = None  # as the pidfd told, when it did
+        self.exitcode: int | None = None  # how it ended, once known (see exit_code)
+        self.cause_until = 0.0  # time.monotonic() until which its event's end waits for that (see InstanceIO)
         self.idle_since = 0.0
         # Sent ahead, in order, with their record numbers (still QUEUED): each starts when the one before returns.
         self.ahead: deque[tuple[EventState, int]] = deque()
@@ -111,11 +112,22 @@ class Instance:
             except (ProcessLookupError, PermissionError):
                 pass
 
+    def exit_code(self) -> int | None:
+        """How the process ended, if anyone knows yet, without blocking: its pidfd's status (read by the
+        engine), else what loky's ``Popen`` recorded when it reaped it (or records now, if it is a zombie
+        nobody reaped yet), else loky's error text (``Spawner._exited``). None while it runs, and for a moment
+        after loky's manager thread reaped it: it stores the status only once it has the GIL back."""
+        if self.exitcode is None and self.process is not None:
+            try:
+                code = self.process.exitcode  # the stored status; a WNOHANG waitpid while there is none
+            except ValueError:  # the Process object was closed
+                code = None
+            if code is not None and self.exitcode is None:
+                self.exitcode = code
+        return self.exitcode
+
     def exit_description(self) -> str:
-        code = self.exitcode
-        if code is None and self.process is not None:
-            self.process.join(timeout=0.5)
-            code = self.process.exitcode if self.exitcode is None else self.exitcode
+        code = self.exit_code()
         if code is None:
             return "the instance process died"
         if code < 0:
