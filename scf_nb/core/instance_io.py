@@ -123,7 +123,8 @@ class InstanceIO:
             self._sel.register(inst.pidfd, (self._on_pidfd, inst))
         except (OSError, AttributeError):
             inst.pidfd = None
-        self.store.later("INSERT INTO instances VALUES (?, ?, ?)", (inst.pid, inst.pid, os.getpid()))
+        self.store.later("INSERT INTO instances VALUES (?, ?, ?, ?)",
+                         (inst.pid, inst.pid, os.getpid(), self._spawner.mark))
         if inst.state == DYING:
             inst.signal(signal.SIGKILL)
             return

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import secrets
 import signal
 import threading
 from collections import deque
@@ -160,28 +161,67 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def leftovers(groups: list[int]) -> list[int]:
-    """The processes still alive in the process groups of a dead engine's instances that are really theirs:
-    an instance (a loky worker) or a process started under one (it carries the instance's mark in its
-    environment). After a reboot those group ids may belong to anything else: that is left alone."""
-    wanted = set(groups)
-    if not wanted:
+def new_mark() -> str:
+    """This engine's mark: its pid and a random token, so no other engine's (nor a process that got the same
+    pid later, or after a reboot) can ever be taken for it."""
+    return f"{os.getpid()}:{secrets.token_hex(8)}"
+
+
+def leftovers(groups: dict[int, int], marks: set[str]) -> list[int]:
+    """The processes a dead engine left running, found by what proves they are its own:
+
+    - its mark in their environment (``SCF_NB_ENGINE_PID=<pid>:<token>``, see ``new_mark``): an instance
+      starts with it and everything under it inherits it, whatever its process group or session (a child that
+      called ``setsid``, a daemon that double-forked);
+    - for a store written before marks had a token: a recorded process group (``groups``: group -> the dead
+      engine's pid) and that engine's old mark, or no mark at all and a loky command line (an instance).
+
+    A process with any other engine's mark is never one. After a reboot the recorded groups and pids may
+    belong to anything; the tokens do not."""
+    if not groups and not marks:
         return []
-    mark = f"{INSTANCE_MARK}=".encode()
+    wanted = {m.encode() for m in marks}
+    legacy = {group: str(pid).encode() for group, pid in groups.items()}
+    me = os.getpid()
     found = []
     for pid, fields in proc_stats():
-        if len(fields) < 3 or int(fields[2]) not in wanted:
+        if pid == me:
             continue
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
             with open(f"/proc/{pid}/environ", "rb") as f:
-                environ = f.read()
-        except OSError:
+                mark = _mark_of(f.read())
+        except OSError:  # gone, or not ours to read (then not ours to kill either)
             continue
-        if b"loky" in cmdline or mark in environ:
+        if mark is not None and mark in wanted:
+            found.append(pid)
+        elif len(fields) > 2 and int(fields[2]) in legacy and (
+                mark == legacy[int(fields[2])] or (mark is None and _is_loky(pid))):
             found.append(pid)
     return found
+
+
+_MARK = f"{INSTANCE_MARK}=".encode()
+
+
+def _mark_of(environ: bytes) -> bytes | None:
+    """The value of the first ``SCF_NB_ENGINE_PID`` in a /proc/PID/environ (NUL-separated), if any."""
+    if environ.startswith(_MARK):
+        start = len(_MARK)
+    else:
+        i = environ.find(b"\0" + _MARK)
+        if i < 0:
+            return None
+        start = i + 1 + len(_MARK)
+    end = environ.find(b"\0", start)
+    return environ[start:] if end < 0 else environ[start:end]
+
+
+def _is_loky(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"loky" in f.read()
+    except OSError:
+        return False
 
 
 _HAS_CHILDREN_FILES = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
@@ -207,6 +247,7 @@ class Spawner:
     """
 
     def __init__(self, on_exit: Callable[[Instance], None]) -> None:
+        self.mark = new_mark()  # in every instance's environment from its start (see leftovers)
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._on_exit = on_exit
         self._thread = threading.Thread(target=self._run, name="scf_nb-spawner", daemon=True)
@@ -246,8 +287,10 @@ class Spawner:
         if inst.outcome is not None:  # killed before it started
             self._on_exit(inst)
             return
+        # The mark goes into the environment the process is started with (loky's env), not only os.environ:
+        # /proc/PID/environ of the instance and of whatever it forks without an exec shows it too.
         executor = loky.ProcessPoolExecutor(max_workers=1, initializer=worker.init_instance,
-                                            initargs=(os.getpid(),))
+                                            initargs=(os.getpid(), self.mark), env={INSTANCE_MARK: self.mark})
         future = executor.submit(worker.serve, address, inst.token)
         inst.executor = executor
         inst.process = next(iter(executor._processes.values()), None)
