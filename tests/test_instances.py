@@ -91,3 +91,20 @@ def test_the_cause_of_death_is_kept_when_loky_reaps_the_process_before_the_engin
     assert ev.wait(30) == "FAILED"
     assert "SIGKILL" in ev.info()["error"]["message"]
     (tmp_path / "gate").touch()
+
+
+def test_an_event_killed_over_its_memory_limit_records_the_memory_it_used(scf: Any) -> None:
+    code = textwrap.dedent('''
+        import time
+        def main_handler(event, context):
+            data = b"x" * (300 * 2**20)
+            time.sleep(30)
+            return len(data)
+    ''')
+    scf.create_function("hog", code, async_run=True, memory_mb=100)
+    ev = scf.invoke("hog")
+    assert ev.wait(30) == "FAILED"
+    info = ev.info()
+    assert info["error"]["type"] == "MemoryLimitExceeded"
+    assert info["mem_usage_bytes"] is not None and info["mem_usage_bytes"] > 100 * 2**20
+    assert f"{info['mem_usage_bytes'] / 2**20:.0f} MB used" in info["error"]["message"]  # the same measure

@@ -125,6 +125,7 @@ class InstanceIO:
             inst.pidfd = None
         self.store.later("INSERT INTO instances VALUES (?, ?, ?, ?)",
                          (inst.pid, inst.pid, os.getpid(), self._spawner.mark))
+        self._spawner.started(inst)
         if inst.state == DYING:
             inst.signal(signal.SIGKILL)
             return
@@ -347,7 +348,7 @@ class InstanceIO:
             if out is None or out.status is None:
                 out = Outcome(Status.FAILED, "InstanceDied", inst.exit_description(), "instance died")
             self._end(ev, out.status, error_type=out.error_type, error_message=out.error_message,
-                      exit_reason=out.exit_reason)
+                      exit_reason=out.exit_reason, mem_usage_bytes=out.mem_usage_bytes)
         self._release_ahead(inst)  # only if it could not be settled before (the worker was stuck)
         if inst.slots is not None:
             inst.slots.remove()

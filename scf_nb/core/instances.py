@@ -37,6 +37,7 @@ class Outcome:
     error_type: str | None = None
     error_message: str | None = None
     exit_reason: str = ""
+    mem_usage_bytes: int | None = None  # as measured when the engine decided (a memory limit)
 
 
 class Instance:
@@ -256,6 +257,10 @@ class Spawner:
     def spawn(self, inst: Instance, address: str) -> None:
         self._jobs.put(("spawn", inst, address))
 
+    def started(self, inst: Instance) -> None:
+        """``inst`` said hello: its process has opened its executor's semaphores (see _unname_semaphores)."""
+        self._jobs.put(("started", inst, None))
+
     def dispose(self, inst: Instance) -> None:
         self._jobs.put(("dispose", inst, None))
 
@@ -276,6 +281,8 @@ class Spawner:
             try:
                 if kind == "spawn":
                     self._spawn(loky, worker, inst, address)
+                elif kind == "started":
+                    _unname_semaphores(inst.executor)
                 elif inst.executor is not None:
                     inst.executor.shutdown(wait=False, kill_workers=True)
             except Exception as e:  # an instance that cannot start fails its event, not the engine
@@ -309,6 +316,40 @@ class Spawner:
             if found:
                 inst.exitcode = int(found.group(1))
         self._on_exit(inst)
+
+
+def _unname_semaphores(executor: Any) -> None:
+    """Remove the names of an instance executor's semaphores, now that both processes have them open.
+
+    loky names each one (``/dev/shm/sem.loky-*``) so that the worker can open it, and registers it with its
+    resource tracker, which removes the names of a process that died without doing so and warns, in the
+    user's terminal: "There appear to be 21 leaked semlock objects to clean up at shutdown" after a killed
+    kernel (7 per instance). The names are needed only to open them (a single-worker executor starts one
+    process); once removed there is nothing to leak, so nothing stays registered and no finalizer removes
+    them again. Best effort: on any surprise (another loky) loky's own clean-up stays as it was."""
+    try:
+        import weakref
+        from multiprocessing import util
+
+        from loky.backend import resource_tracker
+        from loky.backend.synchronize import SemLock, sem_unlink
+
+        found: dict[str, Any] = {}
+        for holder in (executor, executor._call_queue, executor._result_queue, *executor._processes.values()):
+            for value in vars(holder).values():  # the locks, and the worker's arguments (its exit lock)
+                items = value.values() if isinstance(value, dict) else value if isinstance(value, tuple) else (value,)
+                found.update((item._semlock.name, item) for item in items if isinstance(item, SemLock))
+        for name, lock in found.items():
+            for ref in weakref.getweakrefs(lock):  # loky's finalizer would remove the name again
+                if isinstance(ref.__callback__, util.Finalize) and ref.__callback__._callback is SemLock._cleanup:
+                    ref.__callback__.cancel()
+            try:
+                sem_unlink(name)
+            except FileNotFoundError:
+                pass
+            resource_tracker.unregister(name, "semlock")
+    except Exception:
+        pass
 
 
 _exit_hooks: list[Callable[[], None]] = []

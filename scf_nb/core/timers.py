@@ -80,7 +80,7 @@ class Timers:
                     self._kill(inst, Outcome(
                         Status.FAILED, "MemoryLimitExceeded",
                         f"memory limit exceeded: {used / 2**20:.0f} MB used, memory_mb={inst.fn.memory_mb}",
-                        "memory limit"))
+                        "memory limit", mem_usage_bytes=used))
         self._schedule(0.1 if limited else 0.5, "tick", None)
 
 
