@@ -28,7 +28,6 @@ _RECV_BYTES = 1 << 16
 # An instance that died on its own: how long its event's end may wait for the exit status (see _cause_pending).
 CAUSE_WAIT_S = 1.0
 _CAUSE_RETRY_S = 0.002
-_BY_SIGNAL = {getattr(os, "CLD_KILLED", 2), getattr(os, "CLD_DUMPED", 3)}
 REAP_AFTER_KILL_S = 2.0  # a killed instance is reaped by then even if a grandchild keeps its pipes open
 
 
@@ -186,10 +185,10 @@ class InstanceIO:
         self._cmd_exited(inst)
 
     def _close_pidfd(self, inst: Instance) -> None:
-        """Stop watching the process; first read how it ended, if it has, without reaping it (loky does)."""
+        """Stop watching the process; first read how it ended, if it has (``Instance.exit_code``)."""
         fd = inst.pidfd
         if fd is not None:
-            self._read_pidfd(inst)
+            inst.exit_code()
             inst.pidfd = None
             try:
                 self._sel.unregister(fd)
@@ -197,28 +196,14 @@ class InstanceIO:
                 pass
             os.close(fd)
 
-    @staticmethod
-    def _read_pidfd(inst: Instance) -> None:
-        if inst.exitcode is None and inst.pidfd is not None:
-            try:
-                info = os.waitid(os.P_PIDFD, inst.pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except (OSError, AttributeError):  # reaped already: loky's Popen has (or soon has) the status
-                return
-            if info is not None:
-                inst.exitcode = -info.si_status if info.si_code in _BY_SIGNAL else info.si_status
-
     def _cause_pending(self, inst: Instance, force: bool) -> bool:
-        """Whether the end of ``inst``, dead on its own with its event running, must wait for the cause.
-
-        Its pidfd can become readable a moment before its exit status can be read, and loky's manager thread
-        reaps it the moment its sentinel is ready: then the pidfd cannot tell, and loky's ``Popen`` stores
-        the status only when that thread gets the GIL back (measured: 1 in 30 SIGKILLs from outside lost
-        their cause when the engine read in that gap). So look again every 2 ms, up to ``CAUSE_WAIT_S``,
-        from a timer: nothing else waits meanwhile."""
+        """Whether the end of ``inst``, dead on its own with its event running, must wait for the cause: its
+        exit status can lag its pidfd a little, and once loky's manager thread has reaped it, loky stores the
+        status only when that thread has the GIL back (measured: 1 in 30 SIGKILLs from outside lost their
+        cause, read in that gap). Look again every 2 ms, up to ``CAUSE_WAIT_S``; nothing else waits."""
         ev = inst.event
         if ev is None or ev.status.is_terminal or (inst.outcome is not None and inst.outcome.status is not None):
             return False
-        self._read_pidfd(inst)
         if inst.exit_code() is not None:
             return False
         now = time.monotonic()

@@ -27,6 +27,7 @@ from .status import Status
 from .worker import INSTANCE_MARK, proc_stats
 
 STARTING, IDLE, BUSY, DYING = "starting", "idle", "busy", "dying"
+_BY_SIGNAL = {getattr(os, "CLD_KILLED", 2), getattr(os, "CLD_DUMPED", 3)}
 
 
 @dataclass
@@ -119,6 +120,13 @@ class Instance:
         engine), else what loky's ``Popen`` recorded when it reaped it (or records now, if it is a zombie
         nobody reaped yet), else loky's error text (``Spawner._exited``). None while it runs, and for a moment
         after loky's manager thread reaped it: it stores the status only once it has the GIL back."""
+        if self.exitcode is None and self.pidfd is not None:
+            try:  # without reaping it: loky does, and keeps the status in its Popen
+                info = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except (OSError, AttributeError):  # reaped already
+                info = None
+            if info is not None:
+                self.exitcode = -info.si_status if info.si_code in _BY_SIGNAL else info.si_status
         if self.exitcode is None and self.process is not None:
             try:
                 code = self.process.exitcode  # the stored status; a WNOHANG waitpid while there is none
