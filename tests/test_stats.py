@@ -288,13 +288,14 @@ def test_loaded_aggregates_equal_the_kept_ones_and_purge_takes_rows_out(store: S
     assert {s: v.events for s, v in store.overview().items()} == {"QUEUED": len(live), "FINISHED": 20}
 
 
-def test_events_of_a_lost_engine_count_as_failed_without_a_duration(tmp_path: Path) -> None:
+def test_events_of_a_lost_engine_count_as_failed_with_a_duration_from_their_start(tmp_path: Path) -> None:
     first = Store(tmp_path / "s.duckdb", 256, lambda events: None)
     events = Events(first)
     running = [events.new(function("f"), 1000.0) for _ in range(3)]
     done = events.new(function("f"), 1000.0)
     events.end(done, Status.FAILED, 4.0)
     first.sync()
+    running[0].run_time = 1500.0
     events.run(running[0])
     first.sync()
     assert {s: v.events for s, v in first.overview().items()} == {"QUEUED": 2, "RUNNING": 1, "FAILED": 1}
@@ -302,9 +303,11 @@ def test_events_of_a_lost_engine_count_as_failed_without_a_duration(tmp_path: Pa
     second = Store(tmp_path / "s.duckdb", 256, lambda events: None)
     try:
         second.overview()
-        assert second.recover("engine lost", 2000.0)[0] == 3
+        assert second.recover("engine lost", 2000.0, "1:0123456789abcdef") == 3
         got = second.overview()
-        assert got["FAILED"].events == 4 and got["FAILED"].avg_ms == 4.0 and got["FAILED"].max_ms == 4.0
+        # recovered at 2000.0: the one that started at 1500.0 ran 500 s, the two that never started 0
+        assert got["FAILED"].events == 4 and got["FAILED"].max_ms == 500_000.0
+        assert got["FAILED"].avg_ms == (4.0 + 500_000.0) / 4
         assert_store_matches_sql(second)
     finally:
         second.close()

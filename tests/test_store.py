@@ -585,7 +585,8 @@ def test_recovery_kills_only_processes_that_were_the_dead_engines(home: Path) ->
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
     try:
         db = duckdb.connect(str(home / "scf_nb.duckdb"))
-        db.execute("INSERT INTO instances VALUES (?, ?, ?)", [stranger.pid, stranger.pid, 999999])
+        db.execute("INSERT INTO instances (pgid, pid, engine_pid) VALUES (?, ?, ?)",
+                   [stranger.pid, stranger.pid, 999999])
         db.close()
         scf_nb.configure(home=home, grace_seconds=2.0)
         scf_nb.list_events()  # a new engine recovers the store

@@ -263,15 +263,21 @@ class Engine(Dispatcher, Timers, InstanceIO):
 
     # == recovery ==============================================================================================
     def _recover(self) -> int:
-        reason = ("the engine running this event stopped before it ended (kernel restarted or process "
-                  "killed); nothing of it is running now")
-        n, groups = self.store.recover(reason, self.clock())
-        for pid in leftovers(groups):
+        """Fail the events a dead engine left QUEUED/RUNNING, after killing what it left running: every process
+        with its mark, in any process group or session (``instances.leftovers``)."""
+        groups, marks = self.store.dead_instances()
+        unstoppable = []
+        for pid in leftovers(groups, marks):
             try:
                 os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
+            except ProcessLookupError:
                 pass
-        return n
+            except PermissionError:
+                unstoppable.append(pid)
+        reason = ("the engine running this event stopped before it ended (kernel restarted or process "
+                  "killed); " + (f"its processes {unstoppable} could not be stopped" if unstoppable
+                                 else "nothing of it is running now"))
+        return self.store.recover(reason, self.clock(), self._spawner.mark)
 
     # == the engine thread ====================================================================================
     def _run(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import secrets
 import signal
 import threading
 from collections import deque
@@ -28,6 +29,7 @@ from .worker import INSTANCE_MARK, proc_stats
 
 STARTING, IDLE, BUSY, DYING = "starting", "idle", "busy", "dying"
 REAPED = "reaped"
+_BY_SIGNAL = {getattr(os, "CLD_KILLED", 2), getattr(os, "CLD_DUMPED", 3)}
 
 
 @dataclass
@@ -38,7 +40,7 @@ class Outcome:
     error_type: str | None = None
     error_message: str | None = None
     exit_reason: str = ""
-    mem_usage_bytes: int | None = None
+    mem_usage_bytes: int | None = None  # as measured when the engine decided (a memory limit)
 
 
 class Instance:
@@ -67,7 +69,8 @@ class Instance:
         self.dones: deque[tuple[Any, ...]] = deque()  # "done" messages not yet matched with their END markers
         self.outcome: Outcome | None = None  # set when the engine kills it (or finds it dead)
         self.exited = False
-        self.exitcode: int | None = None  # as the pidfd told, when it did
+        self.exitcode: int | None = None  # how it ended, once known (see exit_code)
+        self.cause_until = 0.0  # time.monotonic() until which its event's end waits for that (see InstanceIO)
         self.idle_since = 0.0
         # Events sent ahead (dispatch.py): the records of the function's, the newest one sent to this instance,
         # the sizes of those it has not read yet, how many it had read at its last "done", whether it is banned
@@ -125,11 +128,29 @@ class Instance:
             except (ProcessLookupError, PermissionError):
                 pass
 
+    def exit_code(self) -> int | None:
+        """How the process ended, if anyone knows yet, without blocking: its pidfd's status (read by the
+        engine), else what loky's ``Popen`` recorded when it reaped it (or records now, if it is a zombie
+        nobody reaped yet), else loky's error text (``Spawner._exited``). None while it runs, and for a moment
+        after loky's manager thread reaped it: it stores the status only once it has the GIL back."""
+        if self.exitcode is None and self.pidfd is not None:
+            try:  # without reaping it: loky does, and keeps the status in its Popen
+                info = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except (OSError, AttributeError):  # reaped already
+                info = None
+            if info is not None:
+                self.exitcode = -info.si_status if info.si_code in _BY_SIGNAL else info.si_status
+        if self.exitcode is None and self.process is not None:
+            try:
+                code = self.process.exitcode  # the stored status; a WNOHANG waitpid while there is none
+            except ValueError:  # the Process object was closed
+                code = None
+            if code is not None and self.exitcode is None:
+                self.exitcode = code
+        return self.exitcode
+
     def exit_description(self) -> str:
-        code = self.exitcode
-        if code is None and self.process is not None:
-            self.process.join(timeout=0.5)
-            code = self.process.exitcode if self.exitcode is None else self.exitcode
+        code = self.exit_code()
         if code is None:
             return "the instance process died"
         if code < 0:
@@ -162,28 +183,67 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def leftovers(groups: list[int]) -> list[int]:
-    """The processes still alive in the process groups of a dead engine's instances that are really theirs:
-    an instance (a loky worker) or a process started under one (it carries the instance's mark in its
-    environment). After a reboot those group ids may belong to anything else: that is left alone."""
-    wanted = set(groups)
-    if not wanted:
+def new_mark() -> str:
+    """This engine's mark: its pid and a random token, so no other engine's (nor a process that got the same
+    pid later, or after a reboot) can ever be taken for it."""
+    return f"{os.getpid()}:{secrets.token_hex(8)}"
+
+
+def leftovers(groups: dict[int, int], marks: set[str]) -> list[int]:
+    """The processes a dead engine left running, found by what proves they are its own:
+
+    - its mark in their environment (``SCF_NB_ENGINE_PID=<pid>:<token>``, see ``new_mark``): an instance
+      starts with it and everything under it inherits it, whatever its process group or session (a child that
+      called ``setsid``, a daemon that double-forked);
+    - for a store written before marks had a token: a recorded process group (``groups``: group -> the dead
+      engine's pid) and that engine's old mark, or no mark at all and a loky command line (an instance).
+
+    A process with any other engine's mark is never one. After a reboot the recorded groups and pids may
+    belong to anything; the tokens do not."""
+    if not groups and not marks:
         return []
-    mark = f"{INSTANCE_MARK}=".encode()
+    wanted = {m.encode() for m in marks}
+    legacy = {group: str(pid).encode() for group, pid in groups.items()}
+    me = os.getpid()
     found = []
     for pid, fields in proc_stats():
-        if len(fields) < 3 or int(fields[2]) not in wanted:
+        if pid == me:
             continue
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
             with open(f"/proc/{pid}/environ", "rb") as f:
-                environ = f.read()
-        except OSError:
+                mark = _mark_of(f.read())
+        except OSError:  # gone, or not ours to read (then not ours to kill either)
             continue
-        if b"loky" in cmdline or mark in environ:
+        if mark is not None and mark in wanted:
+            found.append(pid)
+        elif len(fields) > 2 and int(fields[2]) in legacy and (
+                mark == legacy[int(fields[2])] or (mark is None and _is_loky(pid))):
             found.append(pid)
     return found
+
+
+_MARK = f"{INSTANCE_MARK}=".encode()
+
+
+def _mark_of(environ: bytes) -> bytes | None:
+    """The value of the first ``SCF_NB_ENGINE_PID`` in a /proc/PID/environ (NUL-separated), if any."""
+    if environ.startswith(_MARK):
+        start = len(_MARK)
+    else:
+        i = environ.find(b"\0" + _MARK)
+        if i < 0:
+            return None
+        start = i + 1 + len(_MARK)
+    end = environ.find(b"\0", start)
+    return environ[start:] if end < 0 else environ[start:end]
+
+
+def _is_loky(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"loky" in f.read()
+    except OSError:
+        return False
 
 
 _HAS_CHILDREN_FILES = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
@@ -209,6 +269,7 @@ class Spawner:
     """
 
     def __init__(self, on_exit: Callable[[Instance], None]) -> None:
+        self.mark = new_mark()  # in every instance's environment from its start (see leftovers)
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._on_exit = on_exit
         self._thread = threading.Thread(target=self._run, name="scf_nb-spawner", daemon=True)
@@ -216,6 +277,10 @@ class Spawner:
 
     def spawn(self, inst: Instance, address: str) -> None:
         self._jobs.put(("spawn", inst, address))
+
+    def started(self, inst: Instance) -> None:
+        """``inst`` said hello: its process has opened its executor's semaphores (see _unname_semaphores)."""
+        self._jobs.put(("started", inst, None))
 
     def dispose(self, inst: Instance) -> None:
         self._jobs.put(("dispose", inst, None))
@@ -237,6 +302,8 @@ class Spawner:
             try:
                 if kind == "spawn":
                     self._spawn(loky, worker, inst, address)
+                elif kind == "started":
+                    _unname_semaphores(inst.executor)
                 elif inst.executor is not None:
                     inst.executor.shutdown(wait=False, kill_workers=True)
             except Exception as e:  # an instance that cannot start fails its event, not the engine
@@ -248,8 +315,10 @@ class Spawner:
         if inst.outcome is not None:  # killed before it started
             self._on_exit(inst)
             return
+        # The mark goes into the environment the process is started with (loky's env), not only os.environ:
+        # /proc/PID/environ of the instance and of whatever it forks without an exec shows it too.
         executor = loky.ProcessPoolExecutor(max_workers=1, initializer=worker.init_instance,
-                                            initargs=(os.getpid(),))
+                                            initargs=(os.getpid(), self.mark), env={INSTANCE_MARK: self.mark})
         future = executor.submit(worker.serve, address, inst.token)
         inst.executor = executor
         inst.process = next(iter(executor._processes.values()), None)
@@ -268,6 +337,40 @@ class Spawner:
             if found:
                 inst.exitcode = int(found.group(1))
         self._on_exit(inst)
+
+
+def _unname_semaphores(executor: Any) -> None:
+    """Remove the names of an instance executor's semaphores, now that both processes have them open.
+
+    loky names each one (``/dev/shm/sem.loky-*``) so that the worker can open it, and registers it with its
+    resource tracker, which removes the names of a process that died without doing so and warns, in the
+    user's terminal: "There appear to be 21 leaked semlock objects to clean up at shutdown" after a killed
+    kernel (7 per instance). The names are needed only to open them (a single-worker executor starts one
+    process); once removed there is nothing to leak, so nothing stays registered and no finalizer removes
+    them again. Best effort: on any surprise (another loky) loky's own clean-up stays as it was."""
+    try:
+        import weakref
+        from multiprocessing import util
+
+        from loky.backend import resource_tracker
+        from loky.backend.synchronize import SemLock, sem_unlink
+
+        found: dict[str, Any] = {}
+        for holder in (executor, executor._call_queue, executor._result_queue, *executor._processes.values()):
+            for value in vars(holder).values():  # the locks, and the worker's arguments (its exit lock)
+                items = value.values() if isinstance(value, dict) else value if isinstance(value, tuple) else (value,)
+                found.update((item._semlock.name, item) for item in items if isinstance(item, SemLock))
+        for name, lock in found.items():
+            for ref in weakref.getweakrefs(lock):  # loky's finalizer would remove the name again
+                if isinstance(ref.__callback__, util.Finalize) and ref.__callback__._callback is SemLock._cleanup:
+                    ref.__callback__.cancel()
+            try:
+                sem_unlink(name)
+            except FileNotFoundError:
+                pass
+            resource_tracker.unregister(name, "semlock")
+    except Exception:
+        pass
 
 
 _exit_hooks: list[Callable[[], None]] = []

@@ -41,12 +41,15 @@ CREATE TABLE IF NOT EXISTS functions (
     namespace VARCHAR, name VARCHAR, version VARCHAR, revision BIGINT, code VARCHAR, handler VARCHAR,
     async_run BOOLEAN, trace BOOLEAN, timeout DOUBLE, concurrency BIGINT, qps_limit DOUBLE, env JSON,
     memory_mb BIGINT, description VARCHAR, created_at DOUBLE, updated_at DOUBLE);
-CREATE TABLE IF NOT EXISTS instances (pgid BIGINT, pid BIGINT, engine_pid BIGINT);
+CREATE TABLE IF NOT EXISTS instances (pgid BIGINT, pid BIGINT, engine_pid BIGINT, mark VARCHAR);
 """
 # A store made by an earlier version gets the columns added since (in EVENT_COLUMNS' order; NULL in old rows).
+# Stores made before an engine's mark had a random token (instances.new_mark) lack instances.mark: their rows
+# keep NULL there and are recovered by process group (instances.leftovers).
 MIGRATIONS = """
 ALTER TABLE events ADD COLUMN IF NOT EXISTS init_duration_ms DOUBLE;
 ALTER TABLE events ADD COLUMN IF NOT EXISTS result_pickle BLOB;
+ALTER TABLE instances ADD COLUMN IF NOT EXISTS mark VARCHAR;
 """
 PURGE_EVERY_S = 60.0
 HOLD_S = 0.5  # see Store.sync
@@ -61,6 +64,14 @@ UPDATE events SET status = b.status, run_time = to_timestamp(b.run_time), end_ti
     error_traceback = b.error_traceback, exit_reason = b.exit_reason, instance_pid = b.instance_pid,
     init_duration_ms = b.init_duration_ms, result_pickle = b.result_pickle
 FROM batch b WHERE events.event_key = b.event_key"""
+# A dead engine's QUEUED/RUNNING events: FAILED, ended now; a running one's duration counts from its start.
+_RECOVERED_MS = "coalesce(greatest(0.0, (epoch(coalesce(end_time, to_timestamp(?))) - epoch(run_time)) * 1000.0), 0.0)"
+_RECOVER_EVENTS = f"""
+UPDATE events SET status = 'FAILED', end_time = coalesce(end_time, to_timestamp(?)),
+    duration_ms = coalesce(duration_ms, {_RECOVERED_MS}),
+    billed_duration_ms = coalesce(billed_duration_ms, CAST(ceil({_RECOVERED_MS}) AS BIGINT)),
+    error_type = 'EngineLost', error_message = ?, exit_reason = ?
+WHERE status IN ('QUEUED', 'RUNNING')"""
 _UPDATE_COLUMNS = ("event_key", "status", "run_time", "end_time", "duration_ms", "billed_duration_ms",
                    "mem_usage_bytes", "result", "error_type", "error_message", "error_traceback", "exit_reason",
                    "instance_pid", "init_duration_ms", "result_pickle")
@@ -336,19 +347,26 @@ class Store:
     def max_event_key(self) -> int:
         return int(self.cursor().execute("SELECT coalesce(max(event_key), 0) FROM events").fetchone()[0])
 
-    def recover(self, reason: str, now: float) -> tuple[int, list[int]]:
-        """After an engine died: its QUEUED/RUNNING events become FAILED; returns (how many, its instances'
-        process groups, for the new engine to kill)."""
+    def dead_instances(self) -> tuple[dict[int, int], set[str]]:
+        """What the engines that used this store before may have left running: the marks they gave their
+        instances, and (rows of stores made before marks had a token) process group -> engine pid."""
+        rows = self.cursor().execute("SELECT pgid, engine_pid, mark FROM instances").fetchall()
+        marks = {mark for _, _, mark in rows if mark is not None}
+        groups = {int(pgid): int(pid) for pgid, pid, mark in rows if mark is None and pgid is not None}
+        return groups, marks
+
+    def recover(self, reason: str, now: float, mark: str) -> int:
+        """After an engine died: its QUEUED/RUNNING events become FAILED, ended now (a running one's duration
+        counts from its start, a queued one's is 0); the old instance records give way to this engine's
+        ``mark``, recorded before any instance can run an event. Returns how many events were failed."""
         db = self.cursor()
-        groups = [r[0] for r in db.execute("SELECT pgid FROM instances").fetchall()]
         n = db.execute("SELECT count(*) FROM events WHERE status IN ('QUEUED', 'RUNNING')").fetchone()[0]
-        db.execute("""UPDATE events SET status = 'FAILED', end_time = coalesce(end_time, to_timestamp(?)),
-                      error_type = 'EngineLost', error_message = ?, exit_reason = ?
-                      WHERE status IN ('QUEUED', 'RUNNING')""", [now, reason, reason])
+        db.execute(_RECOVER_EVENTS, [now, now, now, reason, reason])
         db.execute("DELETE FROM instances")
+        db.execute("INSERT INTO instances (engine_pid, mark) VALUES (?, ?)", [int(mark.split(":")[0]), mark])
         with self._flush_lock:
             self._stats = None  # rows changed behind the aggregates' back: load them again when asked
-        return int(n), groups
+        return int(n)
 
     def purge(self, cutoff: float) -> int:
         """Delete ended events (and their logs) that started before ``cutoff`` (epoch seconds); the overview's

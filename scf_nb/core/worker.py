@@ -77,12 +77,13 @@ class Context(dict):
         return max(0, int((self["_deadline"] - time.monotonic()) * 1000))
 
 
-def init_instance(engine_pid: int) -> None:
+def init_instance(engine_pid: int, mark: str) -> None:
     """loky initializer: an own process group (a kill reaches the event's children; Ctrl-C does not reach
     us) and death with the engine even inside a GIL-holding C call."""
     os.setpgid(0, 0)
-    # Children of events inherit this: a later engine kills a dead one's leftovers by it, nothing else.
-    os.environ[INSTANCE_MARK] = str(engine_pid)
+    # The engine's mark (its pid and a random token), which children of events inherit: a later engine kills
+    # a dead one's leftovers by it, and nothing else. loky's env already put it in our starting environment.
+    os.environ[INSTANCE_MARK] = mark
     try:
         libc = _libc()
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
