@@ -109,5 +109,6 @@ def test_an_event_killed_over_its_memory_limit_records_the_memory_it_used(scf: A
     assert ev.wait(30) == "FAILED"
     info = ev.info()
     assert info["error"]["type"] == "MemoryLimitExceeded"
-    assert info["mem_usage_bytes"] is not None and info["mem_usage_bytes"] > 100 * 2**20
-    assert f"{info['mem_usage_bytes'] / 2**20:.0f} MB used" in info["error"]["message"]  # the same measure
+    # at the limit (a cgroup stops it there) or over it (the watchdog sees it after the fact)
+    assert info["mem_usage_bytes"] is not None and info["mem_usage_bytes"] >= 100 * 2**20
+    assert f"{info['mem_usage_bytes'] / 2**20:.0f} MB" in info["error"]["message"]  # the same measure
