@@ -104,6 +104,21 @@ class Shared(_Records):
         finally:
             self._unlock()
 
+    def reserve_many(self, first: int, n: int) -> int:
+        """``reserve`` ``first``, ``first + 1``, ... in one take of the lock; returns how many it made PENDING
+        (it stops at the first record that still holds an undecided event)."""
+        if not self._lock():
+            return 0
+        try:
+            for i in range(n):
+                old_seq, _owner, state = self._get(first + i)
+                if state == PENDING and old_seq != first + i:
+                    return i
+                self._put(first + i, 0, PENDING)
+            return n
+        finally:
+            self._unlock()
+
     def revoke(self, seq: int) -> bool | None:
         """Take ``seq`` back: True if no worker started it (none ever will), False if one has, None if the
         workers could not be asked (one holds the lock: stalled or stopped in the middle of a claim)."""

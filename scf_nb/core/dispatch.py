@@ -37,12 +37,12 @@ if TYPE_CHECKING:
     from .store import Store
 
 log = logging.getLogger("scf_nb")
-AHEAD = 4  # events sent ahead per busy instance at most (pending for the function: AHEAD x busy instances)
+AHEAD = 8  # events sent ahead per busy instance at most (pending for the function: AHEAD x busy instances)
 # Only small events are sent ahead, and only so many bytes a busy instance has not read yet: they always fit
 # in its socket's buffer, so a send never blocks the engine on an instance that is busy and not reading.
 AHEAD_MAX_BYTES = 16 * 1024
 UNREAD_MAX_BYTES = 96 * 1024
-UNREAD_MAX_RUNS = 16
+UNREAD_MAX_RUNS = 32
 _CPUS = os.cpu_count() or 1  # the default concurrency (os.cpu_count() reads a file each call)
 
 
@@ -296,25 +296,30 @@ class Dispatcher:
         if ahead is None:
             ahead = self._ahead[key] = Ahead(self.records_for(key))
         cap = AHEAD * len(targets)
-        while queue and len(ahead.pending) < cap:
-            ev = queue[0]
-            if ev.fn.revision != head.fn.revision or not _small(ev.payload):
+        if len(ahead.pending) > cap // 2:  # refill in batches: one lock and one send per instance for several
+            return
+        batch = []
+        for ev in queue:
+            if len(batch) + len(ahead.pending) >= cap or ev.fn.revision != head.fn.revision or not _small(ev.payload):
                 break
-            seq = ahead.seq + 1
-            if not ahead.shared.reserve(seq):
-                break
-            ahead.seq = seq
+            batch.append(ev)
+        made = ahead.shared.reserve_many(ahead.seq + 1, len(batch)) if batch else 0
+        for ev in batch[:made]:
             queue.popleft()
-            frame = wire.frame(("run", ev.request_id, ev.payload, ev.qualifier, ev.fn.version, seq))
-            ahead.pending.append((ev, seq, frame))
-        for inst in targets:
-            self._feed(inst, ahead)
+            ahead.seq += 1
+            frame = wire.frame(("run", ev.request_id, ev.payload, ev.qualifier, ev.fn.version, ahead.seq))
+            ahead.pending.append((ev, ahead.seq, frame))
+        if made:
+            for inst in targets:
+                self._feed(inst, ahead)
 
     def _feed(self, inst: Instance, ahead: Ahead) -> None:
         """Send ``inst`` the events sent ahead that it does not hold yet, in order, as far as its socket's buffer
         surely takes them (it reads them at the end of its current event)."""
+        if ahead.seq <= inst.sent_upto:  # it holds them all (the common case, once per event)
+            return
         frames = []
-        unread = sum(inst.unread)
+        unread = inst.unread_bytes
         for ev, seq, frame in ahead.pending:
             if seq <= inst.sent_upto or ev.fn.revision != inst.revision:
                 continue
@@ -324,6 +329,7 @@ class Dispatcher:
             inst.unread.append(len(frame))
             unread += len(frame)
             inst.sent_upto = seq
+        inst.unread_bytes = unread
         if frames:
             try:
                 inst.conn.sendall(b"".join(frames) if len(frames) > 1 else frames[0])
@@ -334,7 +340,7 @@ class Dispatcher:
         """The worker had read ``received`` runs sent ahead when it sent its "done": they left its socket."""
         for _ in range(received - inst.acked):
             if inst.unread:
-                inst.unread.popleft()
+                inst.unread_bytes -= inst.unread.popleft()
         inst.acked = received
 
     def _broken(self, inst: Instance) -> None:

@@ -77,6 +77,7 @@ class Instance:
         self.records = ""
         self.sent_upto = 0
         self.unread: deque[int] = deque()
+        self.unread_bytes = 0
         self.acked = 0
         self.banned = False
         self.settling = False  # the engine is catching up with what it claimed, before a kill
