@@ -351,8 +351,10 @@ def test_an_instance_killed_after_running_what_was_sent_ahead_loses_none_of_it(s
     e1, _e2, pid = _busy_with_one_behind(scf, tmp_path)
     engine = _engine()
     inst = next(i for i in list(engine._all) if i.pid == pid)
-    ahead = [_e2, *(scf.invoke("one", {"lines": 3, "touch": str(tmp_path / f"a{i}")}) for i in range(3))]
-    wait_until(lambda: len(pending()) == 4, 20, "four events sent ahead")
+    from scf_nb.core.dispatch import AHEAD
+
+    ahead = [_e2, *(scf.invoke("one", {"lines": 3, "touch": str(tmp_path / f"a{i}")}) for i in range(AHEAD - 1))]
+    wait_until(lambda: len(pending()) == AHEAD, 20, "as many events sent ahead as may be")
     later = scf.invoke("one", {"lines": 3})
     unread = Unread(engine, inst, [inst.conn_fd, *inst.streams, inst.pidfd])  # the engine stops reading it
 
@@ -378,7 +380,7 @@ def test_an_instance_killed_after_running_what_was_sent_ahead_loses_none_of_it(s
 
     unread.hold()
     (tmp_path / "gate1").touch()
-    wait_until(lambda: all((tmp_path / f"a{i}").exists() for i in range(3)), 30, "the events sent ahead to run")
+    wait_until(lambda: all((tmp_path / f"a{i}").exists() for i in range(AHEAD - 1)), 30, "the events sent ahead to run")
     wait_until(idle_in_recv, 30, "the worker to wait for its next run")
     _on_engine_thread(engine, kill_then_read)
     done, not_done = scf.wait([e1, *ahead, later], timeout=30)
