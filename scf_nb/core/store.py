@@ -270,7 +270,11 @@ class Store:
 
     # -- reads -------------------------------------------------------------------------------------------
     def cursor(self) -> duckdb.DuckDBPyConnection:
-        """This thread's connection to the store (DuckDB connections are not shared between threads)."""
+        """This thread's connection to the store (DuckDB connections are not shared between threads).
+
+        Read every result whole (``fetchall``, ``df``): one left partly read (``fetchone``) keeps its transaction
+        open, and until it ends DuckDB checkpoints nothing, so its write-ahead log and the memory holding what
+        is only there grow with every write."""
         cur = getattr(self._local, "cursor", None)
         if cur is None:
             cur = self._local.cursor = self._db.cursor()
@@ -327,14 +331,14 @@ class Store:
         return out
 
     def max_event_key(self) -> int:
-        return int(self.cursor().execute("SELECT coalesce(max(event_key), 0) FROM events").fetchone()[0])
+        return int(self.cursor().execute("SELECT coalesce(max(event_key), 0) FROM events").fetchall()[0][0])
 
     def recover(self, reason: str, now: float) -> tuple[int, list[int]]:
         """After an engine died: its QUEUED/RUNNING events become FAILED; returns (how many, its instances'
         process groups, for the new engine to kill)."""
         db = self.cursor()
         groups = [r[0] for r in db.execute("SELECT pgid FROM instances").fetchall()]
-        n = db.execute("SELECT count(*) FROM events WHERE status IN ('QUEUED', 'RUNNING')").fetchone()[0]
+        n = db.execute("SELECT count(*) FROM events WHERE status IN ('QUEUED', 'RUNNING')").fetchall()[0][0]
         db.execute("""UPDATE events SET status = 'FAILED', end_time = coalesce(end_time, to_timestamp(?)),
                       error_type = 'EngineLost', error_message = ?, exit_reason = ?
                       WHERE status IN ('QUEUED', 'RUNNING')""", [now, reason, reason])
@@ -355,7 +359,7 @@ class Store:
             maxima: list[tuple[Any, ...]] = []
             db.execute("BEGIN")
             try:
-                n = db.execute(f"SELECT count(*) FROM events WHERE {where}", [cutoff]).fetchone()[0]
+                n = db.execute(f"SELECT count(*) FROM events WHERE {where}", [cutoff]).fetchall()[0][0]
                 if n:
                     if stats is not None:
                         removed = db.execute(
@@ -403,6 +407,6 @@ class Store:
         for table in ("events", "logs", "functions"):
             target = str(folder / f"{table}.parquet").replace("'", "''")
             db.execute(f"COPY (SELECT * FROM {table}) TO '{target}' (FORMAT parquet)")
-            counts[table] = int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+            counts[table] = int(db.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
         return counts
 
