@@ -7,8 +7,15 @@ memory are bounded by the text they hold. Real engine, real DuckDB file; ``bench
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
+
+import pytest
+from conftest import wait_until
+
+from scf_nb.core import store as store_module
+from scf_nb.core.store import Store
 
 NOOP = "def main_handler(event, context):\n    return None\n"
 
@@ -42,3 +49,46 @@ def test_a_restarted_engine_still_checkpoints_while_the_caller_only_invokes(scf:
         assert _wal_bytes(home) < 256 * 1024  # checkpointed as it went (5,000 events write ~1 MB of it)
     finally:
         scf.configure(max_qps=type(scf.configure())().max_qps)
+
+
+def test_log_lines_wait_for_a_stalled_writer_in_a_bounded_buffer(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the writer cannot write, whoever adds lines waits once the buffer is over its limit, and goes on
+    as soon as the writer takes it; every line is stored, in order."""
+    monkeypatch.setattr(store_module, "LOG_BUFFER_CHARS", 50_000, raising=False)
+    monkeypatch.setattr(store_module, "LOG_WAIT_S", 60.0, raising=False)
+    store = Store(tmp_path / "scf_nb.duckdb", 64, lambda events: None)
+    store.start(0.01, lambda: 0.0)
+    added = [0]
+
+    def produce() -> None:
+        for i in range(40):  # 11,999 characters a call: the 5th goes over the limit
+            store.add_lines(7, 1 + i * 1000, time.time(), "stdout", [f"line {j:06d}" for j in range(1000)])
+            added[0] += 1
+
+    producer = threading.Thread(target=produce)
+    try:
+        with store._flush_lock:  # the writer is stuck (a checkpoint, a loaded machine)
+            producer.start()
+            wait_until(lambda: added[0] >= 4, 10, "the first lines to be added")
+            producer.join(0.5)
+            assert producer.is_alive() and added[0] == 4  # held back, not buffering all 40,000 lines
+        producer.join(30)
+        assert not producer.is_alive() and added[0] == 40
+        rows = store.rows("SELECT count(*), min(seq), max(seq), count(DISTINCT seq), "
+                          "bool_and(line = printf('line %06d', (seq - 1) % 1000)) FROM logs WHERE event_key = 7")
+        assert rows == [(40_000, 1, 40_000, 40_000, True)]
+    finally:
+        producer.join(30)
+        store.close()
+
+
+def test_a_line_holding_a_newline_is_stored_as_one_line(tmp_path: Path) -> None:
+    store = Store(tmp_path / "scf_nb.duckdb", 64, lambda events: None)
+    try:
+        store.add_lines(3, 1, time.time(), "stderr", ["a\nb", "", "c"])
+        store.add_lines(3, 4, time.time(), "stdout", [""])
+        assert store.rows("SELECT seq, stream, line FROM logs ORDER BY seq") == [
+            (1, "stderr", "a\nb"), (2, "stderr", ""), (3, "stderr", "c"), (4, "stdout", "")]
+    finally:
+        store.close()
