@@ -15,6 +15,7 @@ import pytest
 from conftest import wait_until
 
 from scf_nb.core import store as store_module
+from scf_nb.core.recent import RECENT_CHARS
 from scf_nb.core.store import Store
 
 NOOP = "def main_handler(event, context):\n    return None\n"
@@ -92,3 +93,19 @@ def test_a_line_holding_a_newline_is_stored_as_one_line(tmp_path: Path) -> None:
             (1, "stderr", "a\nb"), (2, "stderr", ""), (3, "stderr", "c"), (4, "stdout", "")]
     finally:
         store.close()
+
+
+def test_recently_ended_events_kept_in_memory_are_bounded_by_their_size(scf: Any) -> None:
+    """Each of these events returns 1 MB: the engine keeps at most RECENT_CHARS of them in memory for quick
+    reads; the others are read from the store, unchanged."""
+    scf.create_function("big", "def main_handler(event, context):\n    return 'x' * 1_000_000 + str(event)\n",
+                        async_run=True, concurrency=2)
+    evs = [scf.invoke("big", i) for i in range(24)]
+    done, not_done = scf.wait(evs, timeout=120)
+    assert not not_done
+    scf.list_events(limit=1)  # a read: everything ended is on disk now, and handed to the recent events
+    engine = scf.client().engine
+    held = [engine.live(ev.request_id) for ev in evs]
+    assert sum(len(ev.result) for ev in held if ev is not None) <= RECENT_CHARS
+    assert held[-1] is not None  # the newest are still answered from memory
+    assert [ev.result() for ev in evs] == ["x" * 1_000_000 + str(i) for i in range(24)]
