@@ -425,7 +425,9 @@ class Store:
         counts = {}
         for table in ("events", "logs", "functions"):
             target = str(folder / f"{table}.parquet").replace("'", "''")
-            db.execute(f"COPY (SELECT * FROM {table}) TO '{target}' (FORMAT parquet)")
+            # small row groups: the writer holds one per thread, and the default (122,880 rows) of long lines
+            # does not fit in a small memory limit (store_memory_mb)
+            db.execute(f"COPY (SELECT * FROM {table}) TO '{target}' (FORMAT parquet, ROW_GROUP_SIZE 10000)")
             counts[table] = int(db.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
         return counts
 
