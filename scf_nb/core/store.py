@@ -3,7 +3,9 @@
 Writes never happen on the invoke path: the engine puts new events, status changes and log lines into
 in-memory buffers (under ``lock``) and the writer thread turns each buffer into one columnar batch every
 ``flush_interval`` (DuckDB does ~1,000 single-row INSERTs a second here, but 250k+ rows a second batched).
-A read first flushes (``sync``), so it sees every write made before it.
+A read first flushes (``sync``), so it sees every write made before it. Log lines wait as runs of lines
+(``logbuffer.py``); while more than ``LOG_BUFFER_CHARS`` wait, the engine waits for the writer, so what the
+buffers hold is bounded however fast handlers print.
 
 The live overview comes from running aggregates (``stats.OverviewStats``), loaded once from the table on the
 first ``overview`` and then kept in step, under the flush lock, with every change to the events table: the
