@@ -1,5 +1,7 @@
 """Row 4: terminate -> ABORTED for a handler in Python code (sleeping; also a busy Python loop), while
-bystander events of another function run; none of them may be affected.
+bystander events of another function run; none of them may be affected. Row 4d: terminate of an event that
+has just become RUNNING (invoke, wait until RUNNING, terminate, 40 times in a row, ``concurrency=2``): its
+instance is often one that is still starting (the spare just taken, or a new process).
 
 Raw loky has no way to stop one task: the closest is killing the worker that runs it. Its column shows that,
 measured here too: the time from SIGKILL to the task's future failing, and how many other tasks of the pool
@@ -74,6 +76,25 @@ def _terminate_reps(reps: int, event: dict, bys: Bystanders) -> list[float]:
     return lat
 
 
+def _just_started_reps(reps: int) -> tuple[list[float], int]:
+    """invoke, wait until RUNNING, terminate (waits for ABORTED); how many had an instance not connected yet."""
+    import scf_nb
+
+    scf_nb.create_function("fresh", "import time\ndef main_handler(event, context):\n    time.sleep(600)\n",
+                           async_run=True, concurrency=2)
+    lat, unconnected = [], 0
+    for _ in range(reps):
+        ev = scf_nb.invoke("fresh")
+        while ev.status != "RUNNING":
+            time.sleep(0.0005)
+        t = time.perf_counter()
+        status = ev.terminate()
+        lat.append((time.perf_counter() - t) * 1000)
+        assert status == "ABORTED", (status, ev.info())
+        unconnected += ev.info()["instance_pid"] is None
+    return lat, unconnected
+
+
 def run(quick: bool) -> list[dict]:
     import scf_nb
 
@@ -86,7 +107,9 @@ def run(quick: bool) -> list[dict]:
         sleep_lat = _terminate_reps(reps, {"s": 600}, bys)
         loop_lat = _terminate_reps(loop_reps, {"loop": True}, bys)
         check = bys.check()
+        fresh_lat, unconnected = _just_started_reps(40)
     log(f"bystanders: {check}")
+    log(f"just started: {sorted(fresh_lat)}; {unconnected} on an instance not connected yet")
     loky = stats(lk_lat)
     loky_note = (f"loky column: SIGKILL of the worker -> its future fails; other tasks of the pool that failed "
                  f"with it: {sum(lk_aff)} of {8 * len(lk_aff)}")
@@ -96,6 +119,10 @@ def run(quick: bool) -> list[dict]:
             check=("p95", "<=", 20.0), target="p95 <= 20 ms", note=loky_note),
         row("4b", "terminate -> ABORTED, busy Python loop", "ms", stats(loop_lat), loky=loky,
             check=("p95", "<=", 20.0), target="p95 <= 20 ms"),
+        row("4d", "terminate of an event that has just started", "ms", stats(fresh_lat),
+            check=("p95", "<=", 20.0), target="p95 <= 20 ms",
+            note=(f"40 x: invoke, wait until RUNNING, terminate; concurrency=2; {unconnected} of 40 had been given "
+                  f"to an instance that had not connected yet")),
         row("4c", "other events affected (rows 4a+4b)", "events", affected,
             loky={"p50": float(sum(lk_aff))}, check=("p50", "<=", 0.0), target="0",
             note=(f"{check['bystanders']} bystanders: {check['not_finished']} not FINISHED, "

@@ -38,6 +38,7 @@ BENCHMARKS = {
     "logs": ("b_logs", "6. log lines ingested; print -> queryable latency", 300),
     "store": ("b_store", "7. 1M events + 10M lines: queries and engine RSS", 600),
     "cold": ("b_cold", "8. first event from a cold engine", 240),
+    "memory": ("b_memory", "9. RSS of the process that ran 1M events + 10M lines, and 1M more", 900),
 }
 
 

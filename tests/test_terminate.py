@@ -7,13 +7,16 @@ line (polled through ``Event.logs()``); siblings are held by a gate file, never 
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from conftest import kill_quietly, pid_alive, wait_until
 from engine_support import lines, wait_line
+
+from scf_nb.core import engine as engine_module
 
 # One function, several behaviours chosen by the event: what the terminated event does when it is killed.
 TARGET = r'''
@@ -319,3 +322,47 @@ def test_instance_in_its_grace_period_still_counts_against_concurrency(scf: Any,
     started_next = nxt.result(timeout=30)
     # the handler saved its work within the grace period; only then may the one instance serve another event
     assert started_next > float(saved.read_text())
+
+
+def _on_engine_thread(engine: Any, fn: Any) -> None:
+    """Run ``fn`` on the engine thread (its poller is not thread-safe) and wait for it."""
+    done = threading.Event()
+    engine._post(("call", lambda: (fn(), done.set())))
+    assert done.wait(10)
+
+
+@pytest.fixture
+def no_spare(scf: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """An engine without a warm spare (every instance is a new process), that can run calls on its thread."""
+    monkeypatch.setattr(engine_module.Engine, "_cmd_call", lambda self, fn: fn(), raising=False)
+    scf.configure(warm_spare=False)
+    try:
+        yield scf
+    finally:
+        scf.shutdown()
+        scf.configure(warm_spare=True)  # settings stick: give the next test the default back
+
+
+def test_terminate_of_an_event_whose_instance_has_not_connected_keeps_the_instance(no_spare: Any) -> None:
+    """The event is RUNNING from the moment it is given to a new instance, before that process has said hello.
+    It never got its run: terminate ends it ABORTED at once, and the instance is kept (not killed and
+    replaced) to serve the next event."""
+    scf = no_spare
+    make(scf, "work", concurrency=1)
+    engine = scf.client().engine
+    listener = engine._listener.fileno()
+    _on_engine_thread(engine, lambda: engine._sel.unregister(listener))  # hellos wait in the backlog
+    ev = scf.invoke("work", {"mode": "sleep"})
+    wait_until(lambda: ev.status == "RUNNING", 10, "the event to be given to a new instance")
+    inst = engine.live(ev.request_id).instance
+    assert inst is not None and inst.conn is None
+
+    assert ev.terminate() == "ABORTED"
+    assert inst.state == "starting" and inst in engine._pools[("default", "work")]  # not killed
+    assert ev.info()["exit_reason"] == "terminated before it started"
+    nxt = scf.invoke("work", {"mode": "sibling", "gate": "/", "n": 2})
+    _on_engine_thread(engine, lambda: None)  # posted after the invoke: the engine has taken the event
+    assert nxt.status == "QUEUED"
+    _on_engine_thread(engine, lambda: engine._sel.register(listener, (engine._on_accept, None)))
+    assert nxt.result(timeout=30) == {"n": 2, "pid": inst.pid}  # the same process serves it once it connects
+    assert pid_alive(inst.pid) and lines(ev) == []

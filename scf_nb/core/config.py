@@ -32,7 +32,8 @@ class Config:
         grace_seconds: how long ``terminate(grace=True)`` waits after SIGTERM before killing.
         idle_instance_seconds: an idle instance is stopped after this long.
         flush_interval: seconds between the store writer's batches.
-        store_memory_mb: DuckDB's memory limit.
+        store_memory_mb: DuckDB's memory limit: its cache of table blocks, what is only in its write-ahead log,
+            and the working memory of queries (larger ones spill to a temporary file beside the store).
         warm_spare: keep one started instance process that no function owns yet, so a new instance
             (the first event, or the one after an instance was replaced) needs no process start.
         memory_cgroups: enforce ``memory_mb`` with a memory cgroup per instance where the machine allows
@@ -47,7 +48,7 @@ class Config:
     grace_seconds: float = 3.0
     idle_instance_seconds: float = 600.0
     flush_interval: float = 0.03
-    store_memory_mb: int = 256
+    store_memory_mb: int = 96
     warm_spare: bool = True
     memory_cgroups: bool = True
     clock: Callable[[], float] = time.time

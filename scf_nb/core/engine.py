@@ -39,7 +39,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Any
 
 from .admission import Admission, TokenBucket, encode_event
@@ -49,6 +49,7 @@ from .errors import ScfError
 from .functions import Function, Registry
 from .instance_io import REAPED, InstanceIO, Poller
 from .instances import DYING, Instance, Outcome, Spawner, at_exit, cancel_at_exit, leftovers
+from .recent import RecentEvents
 from .records import EventState, make_request_id
 from .status import Status, can_move
 from .store import Store
@@ -71,7 +72,7 @@ class Engine(Dispatcher, Timers, InstanceIO):
         self.config = config
         self.clock = config.clock
         self._live: dict[str, EventState] = {}
-        self._recent: OrderedDict[str, EventState] = OrderedDict()  # ended, on disk, still cheap to read
+        self._recent = RecentEvents()  # ended, on disk, still cheap to read
         self._waiters: dict[str, list[_Countdown]] = {}  # threads waiting for an event to end
         self._to_wake: list[Any] = []  # their locks, released at the end of this turn of the loop
         self._queues: dict[tuple[str, str], deque[EventState]] = {}
@@ -254,12 +255,10 @@ class Engine(Dispatcher, Timers, InstanceIO):
             _wake(self._wake_w)
 
     def _committed(self, events: list[EventState]) -> None:
-        for ev in events:
-            if ev.status.is_terminal:
-                self._live.pop(ev.request_id, None)
-                self._recent[ev.request_id] = ev
-        while len(self._recent) > 20000:
-            self._recent.popitem(last=False)
+        ended = [ev for ev in events if ev.status.is_terminal]
+        self._recent.add(ended)
+        for ev in ended:
+            self._live.pop(ev.request_id, None)
 
     # == recovery ==============================================================================================
     def _recover(self) -> int:
@@ -373,6 +372,13 @@ class Engine(Dispatcher, Timers, InstanceIO):
             if queue is not None and ev in queue:
                 queue.remove(ev)
             self._end(ev, Status.ABORTED, duration_ms=0.0, exit_reason="terminated while queued")
+            return
+        if inst.conn is None and inst.event is ev:
+            # Its instance has not said hello yet, so it never got the run: nothing ran, nothing to kill (a
+            # kill would wait for the process to start, or for loky to see it die). The instance serves the
+            # next event once it connects.
+            inst.event = None
+            self._end(ev, Status.ABORTED, duration_ms=0.0, exit_reason="terminated before it started")
             return
         if grace and self.config.grace_seconds > 0:
             reason = f"terminated: SIGTERM, then SIGKILL after {self.config.grace_seconds:g} s if still running"

@@ -156,6 +156,7 @@ class InstanceIO(LeftoverOutput):
             inst.idle_since = time.monotonic()
             if inst.fn is not None:
                 self._steal(inst)  # events may wait behind a busy instance of its function
+                self._need_dispatch = True  # or in the FIFO (its own event was terminated while it started)
 
     def _on_conn(self, fd: int, inst: Instance) -> bool:
         """Read what the instance sent; True if anything came."""

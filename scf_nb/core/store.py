@@ -3,7 +3,9 @@
 Writes never happen on the invoke path: the engine puts new events, status changes and log lines into
 in-memory buffers (under ``lock``) and the writer thread turns each buffer into one columnar batch every
 ``flush_interval`` (DuckDB does ~1,000 single-row INSERTs a second here, but 250k+ rows a second batched).
-A read first flushes (``sync``), so it sees every write made before it.
+A read first flushes (``sync``), so it sees every write made before it. Log lines wait as runs of lines
+(``logbuffer.py``); while more than ``LOG_BUFFER_CHARS`` wait, the engine waits for the writer, so what the
+buffers hold is bounded however fast handlers print.
 
 The live overview comes from running aggregates (``stats.OverviewStats``), loaded once from the table on the
 first ``overview`` and then kept in step, under the flush lock, with every change to the events table: the
@@ -25,6 +27,8 @@ import pandas as pd
 
 from .errors import ScfError
 from .functions import Function
+from .logbuffer import INSERT as _INSERT_LOGS
+from .logbuffer import HeapTrim, LogBuffer, runs_of
 from .records import EVENT_COLUMNS, EventState
 from .stats import OverviewStats, Summary, bucket_sql
 from .status import TERMINAL
@@ -53,6 +57,10 @@ ALTER TABLE instances ADD COLUMN IF NOT EXISTS mark VARCHAR;
 """
 PURGE_EVERY_S = 60.0
 HOLD_S = 0.5  # see Store.sync
+# Log text waiting for the writer beyond which the engine waits for it to take the buffer (at most 1 s each
+# time): a writer slowed by a checkpoint or a busy machine holds back the readers of the pipes, not memory.
+LOG_BUFFER_CHARS = 16 << 20
+LOG_WAIT_S = 1.0
 log = logging.getLogger("scf_nb")
 _TIMES = ("start_time", "run_time", "end_time")
 _INSERT_EVENTS = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) SELECT " + ", ".join(
@@ -136,7 +144,11 @@ class Store:
         self._flush_lock = threading.Lock()
         self._new: list[EventState] = []
         self._changed: dict[int, EventState] = {}
-        self._log_cols: tuple[list[Any], ...] = ([], [], [], [], [])
+        self._logs = LogBuffer()
+        self._taken = 0  # how many times a sync took the buffers (the engine may wait for the next one)
+        self._drained = threading.Condition(self.lock)
+        self._kick = threading.Event()  # the writer's wake-up: its interval is over, or the log buffer is full
+        self._trim = HeapTrim()
         self._sql_ops: list[tuple[str, tuple[Any, ...]]] = []
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
@@ -154,14 +166,17 @@ class Store:
             self._changed[ev.key] = ev
 
     def add_lines(self, key: int, first_seq: int, ts: float, stream: str, lines: list[str]) -> None:
-        n = len(lines)
+        """Lines ``first_seq``, ``first_seq + 1``, ... of event ``key``. Called by the engine thread, which waits
+        here (up to 1 s) while more than ``LOG_BUFFER_CHARS`` of log text wait for the writer."""
+        if not lines:
+            return
+        runs, chars = runs_of(key, first_seq, ts, stream, lines)
         with self.lock:
-            keys, seqs, tss, streams, texts = self._log_cols
-            keys.extend([key] * n)
-            seqs.extend(range(first_seq, first_seq + n))
-            tss.extend([ts] * n)
-            streams.extend([stream] * n)
-            texts.extend(lines)
+            self._logs.extend(runs, chars)
+            if self._logs.chars > LOG_BUFFER_CHARS and self._writer is not None and self._writer.is_alive():
+                self._kick.set()
+                taken = self._taken
+                self._drained.wait_for(lambda: self._taken != taken, timeout=LOG_WAIT_S)
 
     def later(self, sql: str, params: tuple[Any, ...] = ()) -> None:
         """A statement to run with the next batch (bookkeeping off the hot path)."""
@@ -178,12 +193,18 @@ class Store:
 
     def _write_loop(self, interval: float, retention_cutoff: Callable[[], float]) -> None:
         next_purge = 0.0
-        while not self._stop.wait(interval):
+        while True:
+            self._kick.wait(interval)
+            self._kick.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.sync(hold=HOLD_S)
-                if time.monotonic() >= next_purge:
-                    next_purge = time.monotonic() + PURGE_EVERY_S
+                now = time.monotonic()
+                if now >= next_purge:
+                    next_purge = now + PURGE_EVERY_S
                     self.purge(retention_cutoff())
+                self._trim.maybe(now)
             except Exception:  # keep writing: the buffers stay and the next batch tries again
                 self.write_errors += 1
                 log.exception("scf_nb store writer error")
@@ -198,7 +219,7 @@ class Store:
         """
         with self._flush_lock:
             with self.lock:
-                if not (self._new or self._changed or self._log_cols[0] or self._sql_ops):
+                if not (self._new or self._changed or self._logs or self._sql_ops):
                     return
                 new, self._new = self._new, []
                 if hold > 0:
@@ -206,10 +227,12 @@ class Store:
                     self._new = [ev for ev in new if ev.status not in TERMINAL and ev.accepted > cutoff]
                     if self._new:
                         new = [ev for ev in new if ev.status in TERMINAL or ev.accepted <= cutoff]
-                        if not (new or self._changed or self._log_cols[0] or self._sql_ops):
+                        if not (new or self._changed or self._logs or self._sql_ops):
                             return
                 changed, self._changed = self._changed, {}
-                logs, self._log_cols = self._log_cols, ([], [], [], [], [])
+                logs = self._logs.take()
+                self._taken += 1
+                self._drained.notify_all()
                 ops, self._sql_ops = self._sql_ops, []
                 for ev in new:
                     ev.inserted = True
@@ -225,17 +248,17 @@ class Store:
                     for ev in new:
                         ev.inserted = False
                     self._changed = {**changed, **self._changed}
-                    for old, cur in zip(logs, self._log_cols):
-                        cur[:0] = old
+                    self._logs.put_back(logs)
                     self._sql_ops[:0] = ops
                 raise
+            self._trim.written += logs.chars
             if self._stats is not None:
                 self._count(new_rows, changed_rows)
         if done:
             self._on_committed(done)
 
     def _write(self, new_rows: list[tuple[Any, ...]], changed_rows: list[tuple[Any, ...]],
-               logs: tuple[list[Any], ...], ops: list[tuple[str, tuple[Any, ...]]]) -> None:
+               logs: LogBuffer, ops: list[tuple[str, tuple[Any, ...]]]) -> None:
         db = self.cursor()
         db.execute("BEGIN")
         try:
@@ -243,11 +266,8 @@ class Store:
                 self._run_batch(db, _INSERT_EVENTS, pd.DataFrame.from_records(new_rows, columns=EVENT_COLUMNS))
             if changed_rows:
                 self._run_batch(db, _UPDATE_EVENTS, pd.DataFrame.from_records(changed_rows, columns=_UPDATE_COLUMNS))
-            if logs[0]:
-                frame = pd.DataFrame({"event_key": logs[0], "seq": logs[1], "ts": logs[2], "stream": logs[3],
-                                      "line": logs[4]})
-                self._run_batch(db, "INSERT INTO logs SELECT event_key, seq, to_timestamp(ts), stream, line "
-                                    "FROM batch", frame)
+            if logs:
+                self._run_batch(db, _INSERT_LOGS, logs.frame())
             for sql, params in ops:
                 db.execute(sql, params)
             db.execute("COMMIT")
@@ -281,6 +301,7 @@ class Store:
 
     def close(self) -> None:
         self._stop.set()
+        self._kick.set()
         if self._writer is not None:
             self._writer.join()
         self.sync()
@@ -288,7 +309,11 @@ class Store:
 
     # -- reads -------------------------------------------------------------------------------------------
     def cursor(self) -> duckdb.DuckDBPyConnection:
-        """This thread's connection to the store (DuckDB connections are not shared between threads)."""
+        """This thread's connection to the store (DuckDB connections are not shared between threads).
+
+        Read every result whole (``fetchall``, ``df``): one left partly read (``fetchone``) keeps its transaction
+        open, and until it ends DuckDB checkpoints nothing, so its write-ahead log and the memory holding what
+        is only there grow with every write."""
         cur = getattr(self._local, "cursor", None)
         if cur is None:
             cur = self._local.cursor = self._db.cursor()
@@ -345,7 +370,7 @@ class Store:
         return out
 
     def max_event_key(self) -> int:
-        return int(self.cursor().execute("SELECT coalesce(max(event_key), 0) FROM events").fetchone()[0])
+        return int(self.cursor().execute("SELECT coalesce(max(event_key), 0) FROM events").fetchall()[0][0])
 
     def dead_instances(self) -> tuple[dict[int, int], set[str]]:
         """What the engines that used this store before may have left running: the marks they gave their
@@ -360,7 +385,7 @@ class Store:
         counts from its start, a queued one's is 0); the old instance records give way to this engine's
         ``mark``, recorded before any instance can run an event. Returns how many events were failed."""
         db = self.cursor()
-        n = db.execute("SELECT count(*) FROM events WHERE status IN ('QUEUED', 'RUNNING')").fetchone()[0]
+        n = db.execute("SELECT count(*) FROM events WHERE status IN ('QUEUED', 'RUNNING')").fetchall()[0][0]
         db.execute(_RECOVER_EVENTS, [now, now, now, reason, reason])
         db.execute("DELETE FROM instances")
         db.execute("INSERT INTO instances (engine_pid, mark) VALUES (?, ?)", [int(mark.split(":")[0]), mark])
@@ -380,7 +405,7 @@ class Store:
             maxima: list[tuple[Any, ...]] = []
             db.execute("BEGIN")
             try:
-                n = db.execute(f"SELECT count(*) FROM events WHERE {where}", [cutoff]).fetchone()[0]
+                n = db.execute(f"SELECT count(*) FROM events WHERE {where}", [cutoff]).fetchall()[0][0]
                 if n:
                     if stats is not None:
                         removed = db.execute(
@@ -427,7 +452,9 @@ class Store:
         counts = {}
         for table in ("events", "logs", "functions"):
             target = str(folder / f"{table}.parquet").replace("'", "''")
-            db.execute(f"COPY (SELECT * FROM {table}) TO '{target}' (FORMAT parquet)")
-            counts[table] = int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+            # small row groups: the writer holds one per thread, and the default (122,880 rows) of long lines
+            # does not fit in a small memory limit (store_memory_mb)
+            db.execute(f"COPY (SELECT * FROM {table}) TO '{target}' (FORMAT parquet, ROW_GROUP_SIZE 10000)")
+            counts[table] = int(db.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
         return counts
 
