@@ -37,7 +37,7 @@ def settings_restored(scf: Any) -> Iterator[None]:
 def start_gated(scf: Any, gate: Path, name: str = "gated", n: int = 1) -> Any:
     scf.create_function(name, GATED, async_run=True)
     ev = scf.invoke(name, {"gate": str(gate), "n": n})
-    wait_until(lambda: ev.status == "RUNNING", what=f"{name} to run")
+    wait_until(lambda: ev.status == "RUNNING" and not ev.logs().empty, what=f"{name} to run")  # its handler runs
     return ev
 
 
