@@ -129,6 +129,7 @@ class Driver:
         self.functions: dict[str, dict[str, Any]] = {}
         self.releases: list[tuple[float, str]] = []
         self.counts: dict[str, int] = {}
+        self.alive_at_end: set[int] = set()  # instance processes still alive when every event had ended
         self.deadline = time.monotonic() + args.minutes * 60
 
     def count(self, what: str) -> None:
@@ -142,7 +143,8 @@ class Driver:
             tight = i % 2 == 0  # half get timeouts, the others long events
             self.functions[f"f{i}"] = {"concurrency": conc, "tight": tight,
                                        "timeout": TIGHT_TIMEOUT_S if tight else LOOSE_TIMEOUT_S}
-        workers = sum(f["concurrency"] for f in self.functions.values()) + 1
+        # room for every function's instances and the ones being replaced: no instance is stopped for room
+        workers = 2 * sum(f["concurrency"] for f in self.functions.values()) + 2
         scf_nb.configure(home=os.path.join(self.workdir, "store"), grace_seconds=GRACE_S, max_qps=1e9,
                          max_workers=workers)
         for name, f in self.functions.items():
@@ -291,6 +293,7 @@ class Driver:
             time.sleep(0.05)
         self.release_due(force=True)
         done, not_done = scf_nb.wait([s.handle for s in self.sent], timeout=max(5.0, end - time.monotonic()))
+        self.alive_at_end = set(_loky_workers())
         return [self.by_rid[h.request_id] for h in not_done]
 
 

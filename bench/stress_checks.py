@@ -36,7 +36,7 @@ NOISE_S = 0.001  # below this, start inversions across processes are scheduling 
 EQUAL_S = 2e-6  # timestamps go through datetime/TIMESTAMPTZ: microseconds
 CLOCK_SLACK_S = 0.002
 FREE_WAIT_S = 0.25  # an event waiting this long while an instance of its function is idle is a violation
-FREE_INFO_S = 0.05
+FREE_INFO_S = 0.1
 NATURAL = {"noop": ("FINISHED", None), "sleep": ("FINISHED", None), "chatty": ("FINISHED", None),
            "long": ("FINISHED", None), "raise": ("FAILED", "ValueError"), "timeout": ("FAILED", "TimeoutError")}
 SHOW = 25  # violations printed per class (all are in the JSON)
@@ -126,6 +126,10 @@ def _details(driver: Any, seen: dict[str, Seen], rep: Report) -> dict[str, Any]:
                     "run_time": sn.run_time, "end_time": sn.end_time, "instance_pid": sn.pid, "starts": sn.starts,
                     "lines": {k: (len(v), v[-3:]) for k, v in sn.lines.items()}}
     out["kills"] = [vars(k) for k in driver.kills]
+    out["alive_at_end"] = sorted(driver.alive_at_end)
+    out["events"] = [(s.rid, s.fn, s.index, s.kind, s.invoked_at, seen[s.rid].status, seen[s.rid].error_type,
+                      seen[s.rid].run_time, seen[s.rid].end_time, seen[s.rid].pid, seen[s.rid].starts,
+                      bool(s.terminated)) for s in driver.sent]
     return out
 
 
@@ -387,52 +391,55 @@ def _lag(sn: Seen) -> str:
 
 def _check_free(driver: Any, seen: dict[str, Seen], rep: Report) -> None:
     """Events that waited while an instance of their function was idle: from the end of a FINISHED event on
-    a process (which then lives on) to the next start there, or to our kill of it, or to the end of the run."""
+    a process to the next start there (or, for the last one, to our kill of it, or to the end of the run if
+    it was still alive then). Each event's wait is [invoke, its handler's start]."""
     run_end = max((sn.end_time or 0.0) for sn in seen.values())
     killed_at = {k.pid: k.at for k in driver.kills}
     for name in driver.functions:
         evs = [(s, seen[s.rid]) for s in driver.sent if s.fn == name]
         by_pid: dict[int, list[Seen]] = defaultdict(list)
-        marks: list[tuple[float, int, str]] = []  # (time, +1 begins / -1 ends, "w" rid waits / "i" pid idle)
-        for s, sn in evs:
+        for _, sn in evs:
             if sn.starts:
                 by_pid[sn.start_pid].append(sn)  # type: ignore[index]
-            start = sn.t0 if sn.t0 is not None else sn.run_time
-            until = start if start is not None else sn.end_time
-            if until is not None:
-                marks += [(s.invoked_at, 1, "w" + s.rid), (max(until, s.invoked_at), -1, "w" + s.rid)]
+        idle: list[tuple[float, float, int]] = []
         for pid, runs in by_pid.items():
             runs.sort(key=lambda sn: sn.t0)  # type: ignore[arg-type, return-value]
             for k, sn in enumerate(runs):
                 if sn.status != "FINISHED" or sn.end_time is None:
                     continue
-                nxt = runs[k + 1].t0 if k + 1 < len(runs) else min(killed_at.get(pid, run_end), run_end)
+                if k + 1 < len(runs):
+                    nxt = runs[k + 1].t0
+                elif pid in killed_at:
+                    nxt = killed_at[pid]
+                elif pid in driver.alive_at_end:
+                    nxt = run_end
+                else:
+                    continue  # the engine stopped it at some point (room for another function): unknown
                 if nxt is not None and nxt > sn.end_time:
-                    marks += [(sn.end_time, 1, f"i{pid}"), (nxt, -1, f"i{pid}")]
-        marks.sort(key=lambda m: (m[0], -m[1]))
-        waiting: dict[str, float] = {}
-        idle: dict[str, float] = {}
-        since: float | None = None
-        for t, d, what in marks:
-            both = bool(idle) and bool(waiting)
-            group = waiting if what[0] == "w" else idle
-            if d > 0:
-                group[what[1:]] = t
-            else:
-                group.pop(what[1:], None)
-            if idle and waiting and not both:
-                since, who = t, (sorted(idle), min(waiting, key=lambda r: driver.by_rid[r].index))
-            elif both and not (idle and waiting) and since is not None:
-                span = t - since
-                oldest = driver.by_rid[who[1]]
-                text = (f"{name}: events waited {span * 1000:.0f} ms (from {since:.3f}) while pid {', '.join(who[0])} "
-                        f"was idle; the oldest waiting: {who[1]} (#{oldest.index}, {oldest.kind}, run_time "
-                        f"{seen[who[1]].run_time}, instance_pid {seen[who[1]].pid})")
-                if span > FREE_WAIT_S:
-                    rep.bad("free capacity", text)
-                elif span > FREE_INFO_S:
-                    rep.note("wait with an idle instance", text)
-                since = None
+                    idle.append((sn.end_time, nxt, pid))
+        idle.sort()
+        for s, sn in evs:
+            start = sn.t0 if sn.t0 is not None else sn.run_time
+            until = start if start is not None else sn.end_time
+            if until is None:
+                continue
+            overlap, who = 0.0, 0  # the longest stretch of its wait during which one instance sat idle
+            for a, b, pid in idle:  # few idle spans per function: a scan is fast enough
+                if a >= until:
+                    break
+                span = min(b, until) - max(a, s.invoked_at)
+                if span > overlap and pid != sn.start_pid:
+                    overlap, who = span, pid
+            if overlap > FREE_INFO_S:
+                text = (f"{name}: {s.rid} (#{s.index}, {s.kind}) waited {(until - s.invoked_at) * 1000:.0f} ms, "
+                        f"{overlap * 1000:.0f} ms of it while pid {who} was idle (its run_time "
+                        f"{_ago(sn.run_time, s.invoked_at)}, instance_pid {sn.pid}, started on pid {sn.start_pid})")
+                (rep.bad if overlap > FREE_WAIT_S else rep.note)("free capacity" if overlap > FREE_WAIT_S
+                                                                 else "wait with an idle instance", text)
+
+
+def _ago(t: float | None, since: float) -> str:
+    return "none" if t is None else f"+{(t - since) * 1000:.0f} ms"
 
 
 __all__ = ["Report", "check", "ScfError"]
