@@ -106,9 +106,9 @@ class Dispatcher:
 
     # -- dispatch ---------------------------------------------------------------------------------------------
     def _dispatch(self, key: tuple[str, str]) -> None:
-        queue = self._queues.get(key)
         ahead = self._ahead.get(key)
         while not self._closing:
+            queue = self._queues.get(key)  # anew each time: a failed send puts its event back in a new one
             if ahead is not None and ahead.pending:
                 fn = ahead.pending[0][0].fn
             elif queue:
@@ -122,10 +122,11 @@ class Dispatcher:
             if ev is None:
                 break
             self._assign(inst, ev, now)
+        queue = self._queues.get(key)
         if queue and not self._closing:
             self._fill_ahead(queue)
-        if not queue:
-            self._queues.pop(key, None)
+        if queue is not None and not queue:
+            del self._queues[key]
 
     def _oldest(self, key: tuple[str, str], inst: Instance) -> tuple[EventState | None, float]:
         """Take the oldest event waiting for ``inst``'s revision: the first event sent ahead that can still be
