@@ -13,9 +13,26 @@ from pathlib import Path
 from typing import Any
 
 from conftest import wait_until
-from test_ahead import Unread, _busy_with_one_behind, _engine, _on_engine_thread, engine_calls
+from test_ahead import Unread, _busy_with_one_behind, _engine, _on_engine_thread, engine_calls, pending
 
 __all__ = ["engine_calls"]  # a fixture, used by name
+
+
+def _spare_gone_for_sends(engine: Any) -> Any:
+    """Make the spare gone as far as sends go, with the engine not knowing yet (its EOF and loky's word wait);
+    returns what puts things back."""
+    spare = wait_until(lambda: engine._spare if engine._spare is not None and engine._spare.conn is not None
+                       else None, 30, "a connected spare")
+    unread = Unread(engine, spare, [spare.conn_fd])
+    on_exit = engine._spawner._on_exit
+    engine._spawner._on_exit = lambda inst: None if inst is spare else on_exit(inst)
+    unread.hold()
+    _on_engine_thread(engine, lambda: spare.conn.shutdown(socket.SHUT_WR))
+
+    def restore() -> None:
+        engine._spawner._on_exit = on_exit
+        unread.resume()
+    return restore
 
 
 def test_an_event_taken_back_for_an_instance_that_is_gone_is_not_lost(scf: Any, tmp_path: Path,
@@ -24,21 +41,29 @@ def test_an_event_taken_back_for_an_instance_that_is_gone_is_not_lost(scf: Any, 
     process died, not yet noticed): the failed send puts e2 back in the FIFO. Before, that FIFO was dropped
     at the end of the same dispatch (it was made there), and e2 stayed QUEUED forever."""
     e1, e2, _pid = _busy_with_one_behind(scf, tmp_path)
-    engine = _engine()
-    spare = wait_until(lambda: engine._spare if engine._spare is not None and engine._spare.conn is not None
-                       else None, 30, "a connected spare")
-    # The spare is gone as far as sends go, and the engine has not noticed yet: its EOF and loky's word wait.
-    unread = Unread(engine, spare, [spare.conn_fd])
-    on_exit = engine._spawner._on_exit
-    engine._spawner._on_exit = lambda inst: None if inst is spare else on_exit(inst)
-    unread.hold()
+    restore = _spare_gone_for_sends(_engine())
     try:
-        _on_engine_thread(engine, lambda: spare.conn.shutdown(socket.SHUT_WR))
         assert e1.terminate() == "ABORTED"
         assert e2.wait(20) == "FINISHED", _said(e2)
     finally:
-        engine._spawner._on_exit = on_exit
-        unread.resume()
+        restore()
+
+
+def test_an_event_put_back_after_a_failed_send_starts_before_newer_ones(scf: Any, tmp_path: Path,
+                                                                        engine_calls: None) -> None:
+    """As above with e3 sent ahead too: e2, put back in the FIFO, is older than e3 and starts first. Before,
+    the dispatcher took the events sent ahead before the FIFO's head, so e3 ran first."""
+    e1, e2, _pid = _busy_with_one_behind(scf, tmp_path)
+    e3 = scf.invoke("one", {})
+    wait_until(lambda: e3.request_id in [e.request_id for e in pending()], 20, "e3 to be sent ahead")
+    restore = _spare_gone_for_sends(_engine())
+    try:
+        assert e1.terminate() == "ABORTED"
+    finally:
+        restore()
+    done, not_done = scf.wait([e2, e3], timeout=20)
+    assert not not_done and {ev.status for ev in done} == {"FINISHED"}
+    assert e2.info()["run_time"] <= e3.info()["run_time"]
 
 
 def _said(ev: Any) -> str:

@@ -130,12 +130,17 @@ class Dispatcher:
 
     def _oldest(self, key: tuple[str, str], inst: Instance) -> tuple[EventState | None, float]:
         """Take the oldest event waiting for ``inst``'s revision: the first event sent ahead that can still be
-        taken back, else the FIFO's head; with its start time."""
+        taken back, else the FIFO's head; with its start time. The FIFO's head is newer than every event sent
+        ahead, except one put back after a failed send: then it goes first."""
+        queue = self._queues.get(key)
+        head = queue[0] if queue and queue[0].fn.revision == inst.revision else None
         ahead = self._ahead.get(key)
         if ahead is not None:
             for ev, seq, _ in list(ahead.pending):
                 if ev.fn.revision != inst.revision:
                     continue
+                if head is not None and head.key < ev.key:
+                    break
                 taken = ahead.shared.revoke(seq)
                 if taken is None:  # a worker holds the lock: ask again shortly, start nothing out of order
                     self._schedule(RETRY_S, "dispatch", key)
@@ -144,9 +149,8 @@ class Dispatcher:
                     ahead.take(seq)
                     return ev, self._from_wall(ahead.shared.revoked_at)
                 self._orphaned(ahead, ev, seq)  # a worker started it: its "done" will say so, unless it died
-        queue = self._queues.get(key)
-        if queue and queue[0].fn.revision == inst.revision:
-            return queue.popleft(), self.clock()
+        if head is not None:
+            return queue.popleft(), self.clock()  # type: ignore[union-attr]
         return None, 0.0
 
     def _orphaned(self, ahead: Ahead, ev: EventState, seq: int) -> bool:
