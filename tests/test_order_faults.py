@@ -8,12 +8,16 @@ know that an event *was* sent ahead, or to make the engine stop reading an insta
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 from pathlib import Path
 from typing import Any
 
 from conftest import wait_until
-from test_ahead import Unread, _busy_with_one_behind, _engine, _on_engine_thread, engine_calls, pending
+from test_ahead import HANDLER, Unread, _busy_with_one_behind, _engine, _on_engine_thread, engine_calls, pending
+
+from scf_nb.core.ahead import STARTED
 
 __all__ = ["engine_calls"]  # a fixture, used by name
 
@@ -69,3 +73,47 @@ def test_an_event_put_back_after_a_failed_send_starts_before_newer_ones(scf: Any
 def _said(ev: Any) -> str:
     info = ev.info()
     return f"{info['status']} {info['error']} {info['exit_reason']}"
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def test_an_event_claimed_by_an_instance_killed_before_it_said_so_runs_elsewhere(
+        scf: Any, tmp_path: Path, engine_calls: None) -> None:
+    """The worker claimed e2 (its record says STARTED) and was killed while sending e1's "done" (the engine
+    was not reading: e1's result is big). The handler of e2 never started: a claim comes before the "done"
+    and the run after it. Before, e2 failed "the instance died as it started the event"."""
+    scf.create_function("one", BIG_RESULT, async_run=True, concurrency=1, timeout=300)
+    started = tmp_path / "e1-started"
+    e1 = scf.invoke("one", {"gate": str(tmp_path / "gate1"), "touch": str(started), "pad": 4 << 20})
+    pid = int(wait_until(lambda: started.exists() and started.read_text(), 30, "e1 to start"))  # type: ignore[arg-type]
+    e2 = scf.invoke("one", {"touch": str(tmp_path / "e2-ran")})
+    wait_until(lambda: e2.request_id in [e.request_id for e in pending()], 20, "e2 to be sent ahead")
+    engine = _engine()
+    inst = next(i for i in list(engine._all) if i.pid == pid)
+    ahead = engine._ahead[("default", "one")]
+    seq = next(s for e, s, _ in list(ahead.pending) if e.request_id == e2.request_id)
+    unread = Unread(engine, inst, [inst.conn_fd, *inst.streams])  # (the pipes' reader would read the socket too)
+    unread.hold()
+    try:
+        (tmp_path / "gate1").touch()
+        wait_until(lambda: ahead.shared._get(seq)[::2] == (seq, STARTED), 30, "e2 to be claimed")
+        assert not (tmp_path / "e2-ran").exists()  # it is stuck sending e1's "done": it has not run e2
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: _zombie(pid), 10, "it to die")
+    finally:
+        unread.resume()
+    assert e1.wait(30) == "FAILED"  # it returned, but the engine never had its result
+    assert e2.wait(30) == "FINISHED", _said(e2)
+    assert e2.result()["pid"] != pid
+    assert not pending()
+    assert (tmp_path / "e2-ran").exists()
+
+
+BIG_RESULT = HANDLER.replace('    return {"pid": os.getpid(), "rid": rid}',
+                             '    return {"pid": os.getpid(), "rid": rid, "pad": "x" * event.get("pad", 0)}')

@@ -145,23 +145,23 @@ class Dispatcher:
                 if taken is None:  # a worker holds the lock: ask again shortly, start nothing out of order
                     self._schedule(RETRY_S, "dispatch", key)
                     return None, 0.0
+                if not taken and self._orphaned(ahead, ev, seq):  # claimed by a gone instance: pending again
+                    taken = ahead.shared.revoke(seq)
                 if taken:
                     ahead.take(seq)
                     return ev, self._from_wall(ahead.shared.revoked_at)
-                self._orphaned(ahead, ev, seq)  # a worker started it: its "done" will say so, unless it died
         if head is not None:
             return queue.popleft(), self.clock()  # type: ignore[union-attr]
         return None, 0.0
 
     def _orphaned(self, ahead: Ahead, ev: EventState, seq: int) -> bool:
-        """Fail ``ev`` if the instance that claimed it is gone without saying so (True if it did)."""
+        """Make ``ev`` pending again if the instance that claimed it is gone without saying so (True if so):
+        its "done" naming the claim never came (a gone instance's socket is read to its end), and a worker
+        starts a claimed event only after sending that "done", so the event never ran."""
         owner = (ahead.shared.started_by([seq]) or {}).get(seq)
         if owner is None or any(i.number == owner for i in self._all):
             return False
-        ahead.take(seq)
-        self._end(ev, Status.FAILED, error_type="InstanceDied", exit_reason="instance died",
-                  error_message="the instance died as it started the event (it was sent ahead)")
-        return True
+        return bool(ahead.shared.release(seq, owner))
 
     def _from_wall(self, at: float) -> float:
         """A time.time() reading (a worker's, or one taken in the records' lock) on the engine's clock."""
@@ -391,7 +391,8 @@ class Dispatcher:
 
     def _release_ahead(self, inst: Instance) -> None:
         """``inst`` is gone. An event sent ahead that it claimed without the engine ever reading its "done"
-        (it died between the two) fails with it; every other one stays for the instances still there."""
+        (it died between the two) never ran (see ``_orphaned``): it is pending again, for the instances still
+        there, as is every other one."""
         ahead = self._ahead.get(inst.key) if inst.key is not None else None
         if ahead is None:
             return
@@ -403,11 +404,9 @@ class Dispatcher:
         owners = ahead.shared.started_by([seq for _, seq, _ in ahead.pending])
         if owners is None:  # cannot ask now: the next look at the records after a revoke fails decides
             return
-        for ev, seq, _ in list(ahead.pending):
+        for _ev, seq, _ in list(ahead.pending):
             if owners.get(seq) == inst.number:
-                ahead.take(seq)
-                self._end(ev, Status.FAILED, error_type="InstanceDied", exit_reason="instance died",
-                          error_message="the instance died as it started the event (it was sent ahead)")
+                ahead.shared.release(seq, inst.number)  # no lock now: the next look at it releases it
         self._need_dispatch = True
 
     def _abandon_ahead(self) -> None:

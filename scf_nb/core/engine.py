@@ -333,7 +333,7 @@ class Engine(Dispatcher, Timers, InstanceIO):
                 ahead.take(seq)
                 self._end(ev, Status.ABORTED, duration_ms=0.0, exit_reason="terminated while queued")
             elif taken is False and self._orphaned(ahead, ev, seq):
-                pass  # the instance that started it is gone: it failed with it
+                self._cmd_terminate(ev, grace)  # its claimer is gone and never ran it: pending again
             elif runs_on is None or not self._settle(runs_on):  # the "done" before it tells where it runs
                 self._schedule(RETRY_S, "terminate", (ev, grace))
             else:

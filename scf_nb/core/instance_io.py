@@ -182,6 +182,10 @@ class InstanceIO:
     def _on_done(self, inst: Instance, msg: tuple[Any, ...]) -> None:
         if inst.state == DYING:  # being terminated with grace: it stopped, so stop it for good
             inst.signal(signal.SIGKILL)
+            nxt = self._claimed(inst, msg[6])  # it started one sent ahead (it could not be banned): that dies too
+            if nxt is not None:
+                self._end(nxt, Status.FAILED, error_type="InstanceDied", exit_reason="instance died",
+                          error_message="the instance was being stopped as it started the event")
             return
         inst.dones.append(msg)
         self._try_complete(inst)
@@ -309,6 +313,8 @@ class InstanceIO:
     def _maybe_reap(self, inst: Instance, force: bool = False) -> None:
         if inst.state == REAPED or (not force and (inst.open_fds or not inst.exited)):
             return
+        if inst.conn_fd in inst.open_fds:  # forced: what it sent is read first (a claim it made, say)
+            self._drain_conn(inst)
         for fd in list(inst.open_fds):
             if fd in inst.streams:
                 self._drain(inst, fd)
@@ -334,6 +340,17 @@ class InstanceIO:
             self.store.later("DELETE FROM instances WHERE pgid = ?", (inst.pid,))
         self._spawner.dispose(inst)
         self._need_dispatch = True
+
+    def _drain_conn(self, inst: Instance) -> None:
+        while True:
+            try:
+                data = inst.conn.recv(_RECV_BYTES, socket.MSG_DONTWAIT)
+            except OSError:  # nothing more now (BlockingIOError), or gone
+                return
+            if not data:
+                return
+            inst.msgs.extend(inst.reader.feed(data))
+            self._handle_msgs(inst)
 
     def _drain(self, inst: Instance, fd: int) -> None:
         splitter = inst.streams[fd]
