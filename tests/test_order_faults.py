@@ -8,18 +8,140 @@ know that an event *was* sent ahead, or to make the engine stop reading an insta
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import socket
+import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from conftest import wait_until
+import pytest
+from conftest import GATE, wait_until
 from test_ahead import HANDLER, Unread, _busy_with_one_behind, _engine, _on_engine_thread, engine_calls, pending
 
+import scf_nb
 from scf_nb.core.ahead import STARTED
 
 __all__ = ["engine_calls"]  # a fixture, used by name
+
+
+SLOW_START = textwrap.dedent('''
+    import os, time
+    _gate = os.environ.get("SCF_NB_TEST_GATE")
+    if _gate and os.path.exists(_gate + ".crash"):
+        with open("/proc/self/cmdline", "rb") as _f:
+            if b"popen_loky_posix" in _f.read():
+                os._exit(3)
+    if _gate and os.path.exists(_gate + ".armed"):
+        with open("/proc/self/cmdline", "rb") as _f:
+            _loky = b"popen_loky_posix" in _f.read()
+        if _loky:
+            open(f"{_gate}.blocked.{os.getpid()}", "w").close()
+            _deadline = time.monotonic() + 60
+            while not os.path.exists(_gate) and time.monotonic() < _deadline:
+                time.sleep(0.01)
+''')
+
+
+class SlowStart:
+    """New instance processes wait at interpreter start (before they connect) while armed, until released."""
+
+    def __init__(self, gate: Path) -> None:
+        self.gate = gate
+
+    def arm(self) -> None:
+        Path(f"{self.gate}.armed").touch()
+
+    def blocked(self) -> list[int]:
+        return [int(p.rsplit(".", 1)[1]) for p in glob.glob(f"{self.gate}.blocked.*")]
+
+    def release(self) -> None:
+        self.gate.touch()
+
+    def crash(self, on: bool = True) -> None:
+        """New instance processes exit (code 3) at interpreter start."""
+        path = Path(f"{self.gate}.crash")
+        path.touch() if on else path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def slow_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SlowStart]:
+    """No warm spare (a new instance is a process start), and process starts held at will."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_START)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("SCF_NB_TEST_GATE", str(tmp_path / "slow-gate"))
+    scf_nb.configure(warm_spare=False)
+    slow = SlowStart(tmp_path / "slow-gate")
+    try:
+        yield slow
+    finally:
+        slow.release()
+        scf_nb.configure(warm_spare=True)
+
+
+START = GATE + r'''
+def main_handler(event, context):
+    t0 = time.time()
+    if "touch" in event:
+        touch(event["touch"], str(os.getpid()))
+    if "gate" in event:
+        wait_file(event["gate"], 60)
+    if event.get("fail"):
+        raise ValueError("boom")
+    return {"pid": os.getpid(), "t0": t0}
+'''
+
+
+def test_an_event_waits_for_no_instance_that_is_still_starting(scf: Any, tmp_path: Path,
+                                                               slow_start: SlowStart) -> None:
+    """A is busy, B is starting (slowly): e1, e2, e3 go to whichever is free first, in order. Before, e1 was
+    given to B the moment B's process was asked for, and waited for it while A ran e2 and e3 and sat idle."""
+    scf.create_function("pair", START, async_run=True, concurrency=2, timeout=300)
+    pid_a = scf.invoke("pair", {}).result(timeout=60)["pid"]
+    slow_start.arm()
+    busy = scf.invoke("pair", {"gate": str(tmp_path / "g1"), "touch": str(tmp_path / "busy")})
+    wait_until((tmp_path / "busy").exists, 30, "A to be busy")
+    evs = [scf.invoke("pair", {}) for _ in range(3)]
+    wait_until(slow_start.blocked, 30, "B's process to be held at its start")
+    (tmp_path / "g1").touch()
+    done, not_done = scf.wait(evs, timeout=20)
+    assert not not_done, f"{len(not_done)} waited for the instance still starting while A was free"
+    results = [ev.result() for ev in evs]
+    assert [r["pid"] for r in results] == [pid_a] * 3
+    assert [r["t0"] for r in results] == sorted(r["t0"] for r in results)
+    assert busy.wait(10) == "FINISHED"
+
+
+def test_the_timeout_does_not_run_while_the_instance_is_starting(scf: Any, tmp_path: Path,
+                                                                 slow_start: SlowStart) -> None:
+    """Before, the timeout of an event given to a starting instance ran from that moment: a start slower than
+    the timeout (a loaded machine) failed the event with TimeoutError before its handler ever ran."""
+    scf.create_function("one", START, async_run=True, concurrency=1, timeout=1)
+    assert scf.invoke("one", {"fail": True}).wait(30) == "FAILED"  # its instance is replaced: a process start
+    slow_start.arm()
+    ev = scf.invoke("one", {})
+    wait_until(slow_start.blocked, 30, "the new process to be held at its start")
+    assert ev.wait(timeout=2.0) in ("QUEUED", "RUNNING")  # twice its timeout, and it has not run yet
+    slow_start.release()
+    assert ev.wait(30) == "FINISHED", _said(ev)
+
+
+def test_a_kill_of_an_instance_that_never_connected_fails_no_event(scf: Any, tmp_path: Path,
+                                                                   slow_start: SlowStart) -> None:
+    """Before, the event waiting for a starting instance failed "killed by SIGKILL" when that process was
+    killed (from outside, or by the OOM killer) before it had connected: an event that never ran."""
+    scf.create_function("one", START, async_run=True, concurrency=1)
+    slow_start.arm()
+    ev = scf.invoke("one", {"touch": str(tmp_path / "ran")})
+    pid = wait_until(slow_start.blocked, 30, "the process to be held at its start")[0]  # type: ignore[index]
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), 10, "it to die")
+    slow_start.release()
+    assert ev.wait(30) == "FINISHED", _said(ev)
+    assert ev.result()["pid"] != pid
 
 
 def _spare_gone_for_sends(engine: Any) -> Any:
@@ -73,6 +195,20 @@ def test_an_event_put_back_after_a_failed_send_starts_before_newer_ones(scf: Any
 def _said(ev: Any) -> str:
     info = ev.info()
     return f"{info['status']} {info['error']} {info['exit_reason']}"
+
+
+def test_a_function_whose_instances_cannot_start_fails_its_events(scf: Any, slow_start: SlowStart) -> None:
+    """No event is given to an instance before it connects, so one that dies before then fails none; but a
+    function whose processes keep dying at start must not be retried forever: its events fail, saying why."""
+    scf.create_function("one", START, async_run=True, concurrency=1)
+    slow_start.crash()
+    evs = [scf.invoke("one", {}) for _ in range(2)]
+    done, not_done = scf.wait(evs, timeout=60)
+    assert not not_done
+    for ev in evs:
+        assert ev.status == "FAILED" and "exited with code 3" in ev.info()["error"]["message"], _said(ev)
+    slow_start.crash(False)
+    assert scf.invoke("one", {}).wait(60) == "FINISHED"
 
 
 def _zombie(pid: int) -> bool:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import wire
 from .ahead import Shared, records_path
-from .instances import BUSY, IDLE, Instance
+from .instances import BUSY, IDLE, STARTING, Instance, Outcome
 from .status import Status
 from .timers import RETRY_S
 
@@ -44,6 +44,7 @@ AHEAD_MAX_BYTES = 16 * 1024
 UNREAD_MAX_BYTES = 96 * 1024
 UNREAD_MAX_RUNS = 16
 _CPUS = os.cpu_count() or 1  # the default concurrency (os.cpu_count() reads a file each call)
+START_DEATHS_MAX = 3  # instance processes of a function dying in a row before they connect: then an event fails
 
 
 def _small(payload: str) -> bool:
@@ -84,6 +85,7 @@ class Dispatcher:
         _queues: dict[tuple[str, str], deque[EventState]]
         _pools: dict[tuple[str, str], list[Instance]]
         _ahead: dict[tuple[str, str], Ahead]
+        _start_deaths: dict[tuple[str, str], int]
         _all: set[Instance]
         _by_token: dict[str, Instance]
         _spare: Instance | None
@@ -118,6 +120,8 @@ class Dispatcher:
             inst = self._instance_for(fn)
             if inst is None:
                 break
+            if inst.state == STARTING:  # no event until it has connected: then it takes the oldest waiting
+                continue
             ev, now = self._oldest(key, inst)
             if ev is None:
                 break
@@ -188,15 +192,22 @@ class Dispatcher:
         return ahead is not None and bool(ahead.pending) and inst.sent_upto >= ahead.pending[0][1]
 
     def _instance_for(self, fn: Function) -> Instance | None:
-        """An idle instance of ``fn``'s revision, or a new one if the limits allow (replacing an idle one
-        of stale code, or of another function, when that is what stands in the way)."""
+        """An idle instance of ``fn``'s revision, or a new one if the limits allow and the ones starting are fewer
+        than the events waiting (replacing an idle one of stale code, or of another function, when that is
+        what stands in the way). A new one may still be starting: it gets no event before it connects, so
+        whichever instance is free first takes the oldest (a process start can take seconds)."""
         pool = self._pools.setdefault(fn.key, [])
         stale = None
+        coming = 0
         for inst in pool:
             if inst.state == IDLE:
                 if inst.revision == fn.revision:
                     return inst
                 stale = inst
+            elif inst.state == STARTING and inst.event is None and inst.revision == fn.revision:
+                coming += 1
+        if coming and coming >= self._waiting(fn.key):
+            return None
         if len(pool) >= (fn.concurrency or _CPUS):
             if stale is not None:
                 self._kill(stale, None)  # make room; the event goes once it is reaped (milliseconds)
@@ -207,6 +218,30 @@ class Dispatcher:
                 self._kill(min(idle, key=lambda i: i.idle_since), None)
             return None
         return self._start(fn)
+
+    def _waiting(self, key: tuple[str, str]) -> int:
+        ahead = self._ahead.get(key)
+        return len(self._queues.get(key, ())) + (len(ahead.pending) if ahead is not None else 0)
+
+    def _died_starting(self, inst: Instance) -> None:
+        """``inst`` died before it connected (so with no event). A start error fails the oldest waiting event
+        of its function with it, as does the third such death in a row (a process that cannot start is not
+        retried forever); a first death from outside (a kill, the OOM killer) fails nothing."""
+        key = inst.key
+        if key is None or self._closing:
+            return
+        deaths = self._start_deaths[key] = self._start_deaths.get(key, 0) + 1
+        out = inst.outcome
+        if out is None or out.status is not Status.FAILED or out.error_type != "InstanceStartError":
+            if deaths < START_DEATHS_MAX:
+                return
+            out = Outcome(Status.FAILED, "InstanceDied", f"{inst.exit_description()}, {deaths} times in a row "
+                                                         "before it started", "instance died")
+        self._start_deaths[key] = 0
+        ev, _ = self._oldest(key, inst)
+        if ev is not None:
+            self._end(ev, Status.FAILED, duration_ms=0.0, error_type=out.error_type,
+                      error_message=out.error_message, exit_reason=out.exit_reason)
 
     def _start(self, fn: Function) -> Instance:
         """An instance for ``fn``: the warm spare if there is one (no process start), else a new process."""

@@ -44,7 +44,7 @@ from typing import Any
 
 from .admission import Admission, encode_event
 from .config import Config
-from .dispatch import Ahead, Dispatcher
+from .dispatch import _CPUS, Ahead, Dispatcher
 from .errors import ScfError
 from .functions import Function, Registry
 from .instance_io import REAPED, InstanceIO, Poller
@@ -77,6 +77,7 @@ class Engine(Dispatcher, Timers, InstanceIO):
         self._queues: dict[tuple[str, str], deque[EventState]] = {}
         self._pools: dict[tuple[str, str], list[Instance]] = {}  # instances not dying, per function
         self._ahead: dict[tuple[str, str], Ahead] = {}  # events sent ahead, per function
+        self._start_deaths: dict[tuple[str, str], int] = {}  # instances dead before connecting, in a row
         self._all: set[Instance] = set()
         self._by_token: dict[str, Instance] = {}
         self._inbox: deque[tuple[Any, ...]] = deque()
@@ -315,6 +316,8 @@ class Engine(Dispatcher, Timers, InstanceIO):
         queue = self._queues.get(ev.fn.key)
         if queue:  # others wait ahead of it: nothing is free for it either (they would have had it)
             queue.append(ev)
+            if len(self._pools.get(ev.fn.key, ())) < (ev.fn.concurrency or _CPUS):
+                self._dispatch(ev.fn.key)  # but there is room to start one more instance (the others are starting)
             return
         self._queues[ev.fn.key] = deque((ev,))
         self._dispatch(ev.fn.key)

@@ -82,6 +82,8 @@ class InstanceIO:
         def _cmd_exited(self, inst: Instance) -> None: ...
         def _settle(self, inst: Instance) -> bool: ...
         def _release_ahead(self, inst: Instance) -> None: ...
+        def _died_starting(self, inst: Instance) -> None: ...
+        _start_deaths: dict[tuple[str, str], int]
         def _has_pending(self, inst: Instance) -> bool: ...
         def _may_claim(self, inst: Instance) -> bool: ...
         def _unban(self, inst: Instance) -> None: ...
@@ -117,6 +119,8 @@ class InstanceIO:
             return
         inst.pid = int(pid)
         inst.conn = sock
+        if inst.key is not None:
+            self._start_deaths.pop(inst.key, None)
         inst.reader = wire.Reader()
         inst.conn_fd = sock.fileno()
         self._sel.register(inst.conn_fd, (self._on_conn, inst))
@@ -335,6 +339,8 @@ class InstanceIO:
                 out = Outcome(Status.FAILED, "InstanceDied", inst.exit_description(), "instance died")
             self._end(ev, out.status, error_type=out.error_type, error_message=out.error_message,
                       exit_reason=out.exit_reason)
+        elif inst.conn is None:
+            self._died_starting(inst)
         self._release_ahead(inst)  # only if it could not be settled before (the worker was stuck)
         if inst.pid:
             self.store.later("DELETE FROM instances WHERE pgid = ?", (inst.pid,))
