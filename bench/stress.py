@@ -57,6 +57,9 @@ def main_handler(event, context):
         raise ValueError("boom " + rid)
     elif kind == "timeout":
         time.sleep(event["s"])
+    elif kind == "memory":
+        hog = b"x" * (event["mb"] << 20)  # over the function's memory_mb: the engine stops it
+        time.sleep(event["s"])
     elif kind == "long":
         deadline = time.monotonic() + 50
         while not os.path.exists(event["gate"]) and time.monotonic() < deadline:
@@ -67,7 +70,8 @@ def main_handler(event, context):
 TIGHT_TIMEOUT_S = 2.0  # functions that get "timeout" events (which sleep far longer)
 LOOSE_TIMEOUT_S = 120.0  # functions that get "long" events (held by a gate)
 GRACE_S = 0.3
-KINDS = (("noop", 35), ("sleep", 20), ("chatty", 16), ("raise", 4), ("timeout", 1), ("long", 3))
+MEMORY_MB = 256  # the memory_mb of the first function with long events; "memory" events go over it
+KINDS = (("noop", 35), ("sleep", 20), ("chatty", 16), ("raise", 4), ("timeout", 1), ("long", 3), ("memory", 1))
 
 
 @dataclass
@@ -142,14 +146,15 @@ class Driver:
             conc = self.args.concurrency or self.rng.randint(1, 3)
             tight = i % 2 == 0  # half get timeouts, the others long events
             self.functions[f"f{i}"] = {"concurrency": conc, "tight": tight,
-                                       "timeout": TIGHT_TIMEOUT_S if tight else LOOSE_TIMEOUT_S}
+                                       "timeout": TIGHT_TIMEOUT_S if tight else LOOSE_TIMEOUT_S,
+                                       "memory_mb": MEMORY_MB if i == 1 else None}
         # room for every function's instances and the ones being replaced: no instance is stopped for room
         workers = 2 * sum(f["concurrency"] for f in self.functions.values()) + 2
         scf_nb.configure(home=os.path.join(self.workdir, "store"), grace_seconds=GRACE_S, max_qps=1e9,
                          max_workers=workers)
         for name, f in self.functions.items():
             scf_nb.create_function(name, HANDLER, async_run=True, concurrency=f["concurrency"],
-                                   timeout=f["timeout"], env={"STRESS_DIR": self.workdir})
+                                   timeout=f["timeout"], memory_mb=f["memory_mb"], env={"STRESS_DIR": self.workdir})
 
     # -- events -----------------------------------------------------------------------------------------------
     def payload(self, fn: str) -> tuple[str, dict[str, Any]]:
@@ -159,6 +164,8 @@ class Driver:
             kind = "sleep"
         if kind == "long" and tight:
             kind = "noop"
+        if kind == "memory" and not self.functions[fn]["memory_mb"]:
+            kind = "chatty"
         p: dict[str, Any] = {"kind": kind}
         if kind == "chatty":
             p["out"] = int(math.exp(self.rng.uniform(0, math.log(3000))))
@@ -169,6 +176,8 @@ class Driver:
             p["s"] = self.rng.uniform(0.001, 0.02)
         elif kind == "timeout":
             p["s"] = 30.0
+        elif kind == "memory":
+            p["mb"], p["s"] = 2 * MEMORY_MB, 2.0
         elif kind == "long":
             gate = os.path.join(self.gates, f"g{len(self.sent)}")
             p["gate"] = gate

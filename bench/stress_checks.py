@@ -4,7 +4,8 @@ Violations (each makes the run fail):
 - not ended: an event still QUEUED or RUNNING after every gate was released and everything waited for;
 - lost: an invoked event that ``info()`` or ``list_events`` does not know, or whose status differs there;
 - status: a status (and error type) its kind cannot end with: ABORTED only if it was terminated; FAILED
-  TimeoutError only for the timeout kind; FAILED InstanceDied only if its process was SIGKILLed from outside;
+  TimeoutError only for the timeout kind, MemoryLimitExceeded only for the memory kind; FAILED InstanceDied
+  only if its process was SIGKILLed from outside;
 - ran twice / ran after abort: an event that started twice, or started although ABORTED while queued;
 - result: a FINISHED event whose result names another RequestId or another process than ``instance_pid``;
 - kill: one SIGKILL from outside that failed more than one event, or an event that had not started (or had
@@ -38,7 +39,8 @@ CLOCK_SLACK_S = 0.002
 FREE_WAIT_S = 0.25  # an event waiting this long while an instance of its function is idle is a violation
 FREE_INFO_S = 0.1
 NATURAL = {"noop": ("FINISHED", None), "sleep": ("FINISHED", None), "chatty": ("FINISHED", None),
-           "long": ("FINISHED", None), "raise": ("FAILED", "ValueError"), "timeout": ("FAILED", "TimeoutError")}
+           "long": ("FINISHED", None), "raise": ("FAILED", "ValueError"), "timeout": ("FAILED", "TimeoutError"),
+           "memory": ("FAILED", "MemoryLimitExceeded")}
 SHOW = 25  # violations printed per class (all are in the JSON)
 
 
