@@ -79,6 +79,7 @@ def slow_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Slow
         yield slow
     finally:
         slow.release()
+        scf_nb.shutdown()  # first: a settings change may refuse to stop running events
         scf_nb.configure(warm_spare=True)
 
 
