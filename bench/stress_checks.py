@@ -14,7 +14,9 @@ Violations (each makes the run fail):
   gap; an event that ran to its end without all its lines, or that never ran with some;
 - order (run_time): per function, an event whose ``run_time`` is before an older event's;
 - order (instance): per function, the handler's own start (``time.time()``) of an older event after a newer
-  one's on the same process (any), or on another process by more than ``GROSS_S``;
+  one's on the same process (any), or on another process by more than ``GROSS_S``. Named "hand-off lag" when
+  the older one's run_time is in order and the time from its run_time to its start covers the whole gap (it
+  was given to its instance first and started late); ``--handoff-ok`` reports those as info;
 - timeout: an event that timed out without its handler ever starting;
 - run_time: an event whose ``run_time`` is after its handler started (by more than ``CLOCK_SLACK_S``);
 - free capacity: an event waited more than ``FREE_WAIT_S`` while an instance of its function was idle (one
@@ -378,7 +380,14 @@ def _report_late(name: str, late: dict[str, list[tuple[float, str]]], driver: An
                   f"{gap * 1000:.2f} ms after {sum(1 for g, _ in newer if g > NOISE_S)} newer ones (e.g. "
                   f"#{driver.by_rid[example].index}); run_times {_ms(sn.run_time, ex.run_time)}; its run_time -> "
                   f"start {_lag(sn)} ms{' (the first event of a new process)' if cold else ''}")
-        rep.bad("order (instance)", detail) if gap > GROSS_S else rep.note("small start inversion", detail)
+        if gap <= GROSS_S:
+            rep.note("small start inversion", detail)
+        elif sn.run_time is not None and ex.run_time is not None and sn.run_time <= ex.run_time + EQUAL_S \
+                and sn.t0 is not None and sn.t0 - sn.run_time >= gap:
+            # handed to its instance first (run_time in order), started late: the hand-off's own lag
+            (rep.note if driver.args.handoff_ok else rep.bad)("order (instance): hand-off lag", detail)
+        else:
+            rep.bad("order (instance)", detail)
 
 
 def _ms(a: float | None, b: float | None) -> str:
