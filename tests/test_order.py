@@ -30,7 +30,9 @@ def in_order(times: list[Any]) -> bool:
 
 def test_events_behind_a_long_one_run_in_order_on_the_free_instance(scf: Any, tmp_path: Path) -> None:
     scf.create_function("fifo", HANDLER, async_run=True, concurrency=2)
-    warm = [scf.invoke("fifo", {"sleep": 0.2}) for _ in range(2)]
+    warm = [scf.invoke("fifo", {"gate": str(tmp_path / "warm"), "touch": str(tmp_path / f"w{i}")}) for i in range(2)]
+    wait_until(lambda: (tmp_path / "w0").exists() and (tmp_path / "w1").exists(), 30, "two events running at once")
+    (tmp_path / "warm").touch()
     assert len({ev.result(timeout=30) for ev in warm}) == 2  # two warm instances
     long_ev = scf.invoke("fifo", {"gate": str(tmp_path / "gate"), "touch": str(tmp_path / "long")})
     wait_until((tmp_path / "long").exists, 30, "the long event to start")

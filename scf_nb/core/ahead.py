@@ -12,6 +12,8 @@ decides who starts what:
     engine: revoke(seq)         PENDING -> REVOKED               (terminate while queued; an idle instance
                                                                   or room for a new one takes it over)
     engine: ban(owner)          that instance claims nothing more (before any kill of it)
+    engine: release(seq, owner) STARTED by a gone owner -> PENDING (its "done" naming the claim never came,
+                                                                  so it never ran the event)
 
 A worker claims only at the end of one of its events, and always the lowest PENDING record of those it was sent
 (the engine sends each instance the events sent ahead in order, with no gaps), so claims follow the FIFO. Before
@@ -130,6 +132,20 @@ class Shared(_Records):
                 return state == REVOKED and old_seq == seq
             self._put(seq, 0, REVOKED)
             self.revoked_at = time.time()  # in the lock: before any later claim's time
+            return True
+        finally:
+            self._unlock()
+
+    def release(self, seq: int, owner: int) -> bool | None:
+        """``seq`` was claimed by ``owner``, which is gone without its "done" ever saying so: it never started the
+        event (a worker runs a claimed event only after that "done" is sent), so it is PENDING again. True if
+        it was released, False if the record says otherwise, None if the workers could not be asked."""
+        if not self._lock():
+            return None
+        try:
+            if self._get(seq) != (seq, owner, STARTED):
+                return False
+            self._put(seq, 0, PENDING)
             return True
         finally:
             self._unlock()

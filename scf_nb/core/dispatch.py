@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import wire
 from .ahead import Shared, records_path
-from .instances import BUSY, IDLE, Instance
+from .instances import BUSY, IDLE, STARTING, Instance, Outcome
 from .status import Status
 from .timers import RETRY_S
 
@@ -44,6 +44,7 @@ AHEAD_MAX_BYTES = 16 * 1024
 UNREAD_MAX_BYTES = 96 * 1024
 UNREAD_MAX_RUNS = 32
 _CPUS = os.cpu_count() or 1  # the default concurrency (os.cpu_count() reads a file each call)
+START_DEATHS_MAX = 3  # instance processes of a function dying in a row before they connect: then an event fails
 
 
 def _small(payload: str) -> bool:
@@ -84,6 +85,7 @@ class Dispatcher:
         _queues: dict[tuple[str, str], deque[EventState]]
         _pools: dict[tuple[str, str], list[Instance]]
         _ahead: dict[tuple[str, str], Ahead]
+        _start_deaths: dict[tuple[str, str], int]
         _all: set[Instance]
         _by_token: dict[str, Instance]
         _spare: Instance | None
@@ -108,9 +110,9 @@ class Dispatcher:
 
     # -- dispatch ---------------------------------------------------------------------------------------------
     def _dispatch(self, key: tuple[str, str]) -> None:
-        queue = self._queues.get(key)
         ahead = self._ahead.get(key)
         while not self._closing:
+            queue = self._queues.get(key)  # anew each time: a failed send puts its event back in a new one
             if ahead is not None and ahead.pending:
                 fn = ahead.pending[0][0].fn
             elif queue:
@@ -120,45 +122,52 @@ class Dispatcher:
             inst = self._instance_for(fn)
             if inst is None:
                 break
+            if inst.state == STARTING:  # no event until it has connected: then it takes the oldest waiting
+                continue
             ev, now = self._oldest(key, inst)
             if ev is None:
                 break
             self._assign(inst, ev, now)
+        queue = self._queues.get(key)
         if queue and not self._closing:
             self._fill_ahead(queue)
-        if not queue:
-            self._queues.pop(key, None)
+        if queue is not None and not queue:
+            del self._queues[key]
 
     def _oldest(self, key: tuple[str, str], inst: Instance) -> tuple[EventState | None, float]:
         """Take the oldest event waiting for ``inst``'s revision: the first event sent ahead that can still be
-        taken back, else the FIFO's head; with its start time."""
+        taken back, else the FIFO's head; with its start time. The FIFO's head is newer than every event sent
+        ahead, except one put back after a failed send: then it goes first."""
+        queue = self._queues.get(key)
+        head = queue[0] if queue and queue[0].fn.revision == inst.revision else None
         ahead = self._ahead.get(key)
         if ahead is not None:
             for ev, seq, _ in list(ahead.pending):
                 if ev.fn.revision != inst.revision:
                     continue
+                if head is not None and head.key < ev.key:
+                    break
                 taken = ahead.shared.revoke(seq)
                 if taken is None:  # a worker holds the lock: ask again shortly, start nothing out of order
                     self._schedule(RETRY_S, "dispatch", key)
                     return None, 0.0
+                if not taken and self._orphaned(ahead, ev, seq):  # claimed by a gone instance: pending again
+                    taken = ahead.shared.revoke(seq)
                 if taken:
                     ahead.take(seq)
                     return ev, self._from_wall(ahead.shared.revoked_at)
-                self._orphaned(ahead, ev, seq)  # a worker started it: its "done" will say so, unless it died
-        queue = self._queues.get(key)
-        if queue and queue[0].fn.revision == inst.revision:
-            return queue.popleft(), self.clock()
+        if head is not None:
+            return queue.popleft(), self.clock()  # type: ignore[union-attr]
         return None, 0.0
 
     def _orphaned(self, ahead: Ahead, ev: EventState, seq: int) -> bool:
-        """Fail ``ev`` if the instance that claimed it is gone without saying so (True if it did)."""
+        """Make ``ev`` pending again if the instance that claimed it is gone without saying so (True if so):
+        its "done" naming the claim never came (a gone instance's socket is read to its end), and a worker
+        starts a claimed event only after sending that "done", so the event never ran."""
         owner = (ahead.shared.started_by([seq]) or {}).get(seq)
         if owner is None or any(i.number == owner for i in self._all):
             return False
-        ahead.take(seq)
-        self._end(ev, Status.FAILED, error_type="InstanceDied", exit_reason="instance died",
-                  error_message="the instance died as it started the event (it was sent ahead)")
-        return True
+        return bool(ahead.shared.release(seq, owner))
 
     def _from_wall(self, at: float) -> float:
         """A time.time() reading (a worker's, or one taken in the records' lock) on the engine's clock."""
@@ -185,15 +194,22 @@ class Dispatcher:
         return ahead is not None and bool(ahead.pending) and inst.sent_upto >= ahead.pending[0][1]
 
     def _instance_for(self, fn: Function) -> Instance | None:
-        """An idle instance of ``fn``'s revision, or a new one if the limits allow (replacing an idle one
-        of stale code, or of another function, when that is what stands in the way)."""
+        """An idle instance of ``fn``'s revision, or a new one if the limits allow and the ones starting are fewer
+        than the events waiting (replacing an idle one of stale code, or of another function, when that is
+        what stands in the way). A new one may still be starting: it gets no event before it connects, so
+        whichever instance is free first takes the oldest (a process start can take seconds)."""
         pool = self._pools.setdefault(fn.key, [])
         stale = None
+        coming = 0
         for inst in pool:
             if inst.state == IDLE:
                 if inst.revision == fn.revision:
                     return inst
                 stale = inst
+            elif inst.state == STARTING and inst.event is None and inst.revision == fn.revision:
+                coming += 1
+        if coming and coming >= self._waiting(fn.key):
+            return None
         if len(pool) >= (fn.concurrency or _CPUS):
             if stale is not None:
                 self._kill(stale, None)  # make room; the event goes once it is reaped (milliseconds)
@@ -204,6 +220,30 @@ class Dispatcher:
                 self._kill(min(idle, key=lambda i: i.idle_since), None)
             return None
         return self._start(fn)
+
+    def _waiting(self, key: tuple[str, str]) -> int:
+        ahead = self._ahead.get(key)
+        return len(self._queues.get(key, ())) + (len(ahead.pending) if ahead is not None else 0)
+
+    def _died_starting(self, inst: Instance) -> None:
+        """``inst`` died before it connected (so with no event). A start error fails the oldest waiting event
+        of its function with it, as does the third such death in a row (a process that cannot start is not
+        retried forever); a first death from outside (a kill, the OOM killer) fails nothing."""
+        key = inst.key
+        if key is None or self._closing:
+            return
+        deaths = self._start_deaths[key] = self._start_deaths.get(key, 0) + 1
+        out = inst.outcome
+        if out is None or out.status is not Status.FAILED or out.error_type != "InstanceStartError":
+            if deaths < START_DEATHS_MAX:
+                return
+            out = Outcome(Status.FAILED, "InstanceDied", f"{inst.exit_description()}, {deaths} times in a row "
+                                                         "before it started", "instance died")
+        self._start_deaths[key] = 0
+        ev, _ = self._oldest(key, inst)
+        if ev is not None:
+            self._end(ev, Status.FAILED, duration_ms=0.0, error_type=out.error_type,
+                      error_message=out.error_message, exit_reason=out.exit_reason)
 
     def _start(self, fn: Function) -> Instance:
         """An instance for ``fn``: the warm spare if there is one (no process start), else a new process."""
@@ -401,7 +441,8 @@ class Dispatcher:
 
     def _release_ahead(self, inst: Instance) -> None:
         """``inst`` is gone. An event sent ahead that it claimed without the engine ever reading its "done"
-        (it died between the two) fails with it; every other one stays for the instances still there."""
+        (it died between the two) never ran (see ``_orphaned``): it is pending again, for the instances still
+        there, as is every other one."""
         ahead = self._ahead.get(inst.key) if inst.key is not None else None
         if ahead is None:
             return
@@ -411,11 +452,9 @@ class Dispatcher:
         owners = ahead.shared.started_by([seq for _, seq, _ in ahead.pending])
         if owners is None:  # cannot ask now: the next look at the records after a revoke fails decides
             return
-        for ev, seq, _ in list(ahead.pending):
+        for _ev, seq, _ in list(ahead.pending):
             if owners.get(seq) == inst.number:
-                ahead.take(seq)
-                self._end(ev, Status.FAILED, error_type="InstanceDied", exit_reason="instance died",
-                          error_message="the instance died as it started the event (it was sent ahead)")
+                ahead.shared.release(seq, inst.number)  # no lock now: the next look at it releases it
         self._need_dispatch = True
 
     def _abandon_ahead(self) -> None:

@@ -44,7 +44,7 @@ from typing import Any
 
 from .admission import Admission, TokenBucket, encode_event
 from .config import Config
-from .dispatch import Ahead, Dispatcher
+from .dispatch import _CPUS, Ahead, Dispatcher
 from .errors import ScfError
 from .functions import Function, Registry
 from .instance_io import REAPED, InstanceIO, Poller
@@ -78,6 +78,7 @@ class Engine(Dispatcher, Timers, InstanceIO):
         self._queues: dict[tuple[str, str], deque[EventState]] = {}
         self._pools: dict[tuple[str, str], list[Instance]] = {}  # instances not dying, per function
         self._ahead: dict[tuple[str, str], Ahead] = {}  # events sent ahead, per function
+        self._start_deaths: dict[tuple[str, str], int] = {}  # instances dead before connecting, in a row
         self._all: set[Instance] = set()
         self._by_token: dict[str, Instance] = {}
         self._inbox: deque[tuple[Any, ...]] = deque()
@@ -335,6 +336,8 @@ class Engine(Dispatcher, Timers, InstanceIO):
         queue = self._queues.get(ev.fn.key)
         if queue:  # others wait ahead of it: nothing is free for it either (they would have had it)
             queue.append(ev)
+            if len(self._pools.get(ev.fn.key, ())) < (ev.fn.concurrency or _CPUS):
+                self._dispatch(ev.fn.key)  # but there is room to start one more instance (the others are starting)
             return
         self._queues[ev.fn.key] = deque((ev,))
         self._dispatch(ev.fn.key)
@@ -353,7 +356,7 @@ class Engine(Dispatcher, Timers, InstanceIO):
                 ahead.take(seq)
                 self._end(ev, Status.ABORTED, duration_ms=0.0, exit_reason="terminated while queued")
             elif taken is False and self._orphaned(ahead, ev, seq):
-                pass  # the instance that started it is gone: it failed with it
+                self._cmd_terminate(ev, grace)  # its claimer is gone and never ran it: pending again
             elif runs_on is None or not self._settle(runs_on):  # the "done" before it tells where it runs
                 self._schedule(RETRY_S, "terminate", (ev, grace))
             else:

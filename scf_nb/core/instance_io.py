@@ -84,6 +84,8 @@ class InstanceIO(LeftoverOutput):
         def _cmd_exited(self, inst: Instance) -> None: ...
         def _settle(self, inst: Instance) -> bool: ...
         def _release_ahead(self, inst: Instance) -> None: ...
+        def _died_starting(self, inst: Instance) -> None: ...
+        _start_deaths: dict[tuple[str, str], int]
         def _has_pending(self, inst: Instance) -> bool: ...
         def _may_claim(self, inst: Instance) -> bool: ...
         def _unban(self, inst: Instance) -> None: ...
@@ -124,6 +126,8 @@ class InstanceIO(LeftoverOutput):
             return
         inst.pid = int(pid)
         inst.conn = sock
+        if inst.key is not None:
+            self._start_deaths.pop(inst.key, None)
         inst.reader = wire.Reader()
         inst.conn_fd = sock.fileno()
         inst.side = socket.socket(fileno=fds[2])  # read only when a "done" says new pipes were sent on it
@@ -192,6 +196,10 @@ class InstanceIO(LeftoverOutput):
             self._rotate(inst)
         if inst.state == DYING:  # being terminated with grace: it stopped, so stop it for good
             inst.signal(signal.SIGKILL)
+            nxt = self._claimed(inst, msg[6])  # it started one sent ahead (it could not be banned): that dies too
+            if nxt is not None:
+                self._end(nxt, Status.FAILED, error_type="InstanceDied", exit_reason="instance died",
+                          error_message="the instance was being stopped as it started the event")
             return
         inst.dones.append(msg[:-1])
         self._try_complete(inst)
@@ -328,6 +336,8 @@ class InstanceIO(LeftoverOutput):
     def _maybe_reap(self, inst: Instance, force: bool = False) -> None:
         if inst.state == REAPED or (not force and (inst.open_fds or not inst.exited)):
             return
+        if inst.conn_fd in inst.open_fds:  # forced: what it sent is read first (a claim it made, say)
+            self._drain_conn(inst)
         if self._cause_pending(inst, force):
             return
         for fd in list(inst.open_fds):
@@ -356,12 +366,25 @@ class InstanceIO(LeftoverOutput):
                                                             "instance died")
             self._end(ev, out.status, error_type=out.error_type, error_message=out.error_message,
                       exit_reason=out.exit_reason, mem_usage_bytes=out.mem_usage_bytes)
+        elif inst.conn is None:
+            self._died_starting(inst)
         self._release_ahead(inst)  # only if it could not be settled before (the worker was stuck)
         if inst.pid:
             self.store.later("DELETE FROM instances WHERE pgid = ?", (inst.pid,))
         self._release_memory(inst)
         self._spawner.dispose(inst)
         self._need_dispatch = True
+
+    def _drain_conn(self, inst: Instance) -> None:
+        while True:
+            try:
+                data = inst.conn.recv(_RECV_BYTES, socket.MSG_DONTWAIT)
+            except OSError:  # nothing more now (BlockingIOError), or gone
+                return
+            if not data:
+                return
+            inst.msgs.extend(inst.reader.feed(data))
+            self._handle_msgs(inst)
 
     def _drain(self, inst: Instance, fd: int) -> None:
         splitter = inst.streams[fd]
