@@ -376,13 +376,6 @@ class Engine(Dispatcher, Timers, InstanceIO):
                 queue.remove(ev)
             self._end(ev, Status.ABORTED, duration_ms=0.0, exit_reason="terminated while queued")
             return
-        if inst.conn is None and inst.event is ev:
-            # Its instance has not said hello yet, so it never got the run: nothing ran, nothing to kill (a
-            # kill would wait for the process to start, or for loky to see it die). The instance serves the
-            # next event once it connects.
-            inst.event = None
-            self._end(ev, Status.ABORTED, duration_ms=0.0, exit_reason="terminated before it started")
-            return
         if grace and self.config.grace_seconds > 0:
             reason = f"terminated: SIGTERM, then SIGKILL after {self.config.grace_seconds:g} s if still running"
             self._kill(inst, Outcome(Status.ABORTED, None, None, reason), signal.SIGTERM,
