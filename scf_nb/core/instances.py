@@ -14,6 +14,7 @@ import queue
 import re
 import signal
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -119,7 +120,11 @@ class Instance:
         code = self.exitcode
         if code is None and self.process is not None:
             self.process.join(timeout=0.5)
-            code = self.process.exitcode if self.exitcode is None else self.exitcode
+            # loky's thread may have reaped it a moment before (then our waitpid finds no child) and not yet
+            # stored the code, in its Process or through its exit callback: give it that moment
+            deadline = time.monotonic() + _EXIT_CODE_WAIT_S
+            while (code := self._exit_code()) is None and time.monotonic() < deadline:
+                time.sleep(0.002)
         if code is None:
             return "the instance process died"
         if code < 0:
@@ -130,6 +135,12 @@ class Instance:
             hint = {"SIGKILL": " (killed from outside, or out of memory)", "SIGSEGV": " (segmentation fault)"}
             return f"the instance process was killed by {name}{hint.get(name, '')}"
         return f"the instance process exited with code {code}"
+
+    def _exit_code(self) -> int | None:
+        return self.exitcode if self.exitcode is not None else self.process.exitcode
+
+
+_EXIT_CODE_WAIT_S = 0.1  # on the engine thread; the other reaper stores the code within a few switch intervals
 
 
 def descendants(pid: int) -> list[int]:
