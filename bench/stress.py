@@ -263,8 +263,9 @@ class Driver:
                 self.terminate(self.drng.choice(running), "running")
         elif r < 0.20:
             queued = self.recent("QUEUED", 200)
+            ahead = [q for q in queued if _sent_ahead(q.rid)]  # most worth hitting: sent ahead, not yet claimed
             if queued:
-                self.terminate(self.drng.choice(queued), "queued")
+                self.terminate(self.drng.choice(ahead or queued), "queued")
         elif r < 0.25:
             self.kill_running()
         elif r < 0.27:

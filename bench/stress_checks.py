@@ -178,8 +178,8 @@ def check(driver: Any, stuck: list[Any]) -> Report:
     killed = _check_kills(driver, seen, rep)
     for s in driver.sent:
         _check_event(s, seen[s.rid], killed, rep)
-    lags = _check_order(driver, seen, rep)
-    rep.summary["lags"] = lags
+    rep.summary["lags"] = {}
+    rep.summary["lags"].update(_check_order(driver, seen, rep))
     _check_free(driver, seen, rep)
     rep.details = _details(driver, seen, rep)
     rep.summary["checked"] = {"events": len(seen), "log lines": sum(len(v) for sn in seen.values()
@@ -386,6 +386,8 @@ def _report_late(name: str, late: dict[str, list[tuple[float, str]]], driver: An
                 and sn.t0 is not None and sn.t0 - sn.run_time >= gap:
             # handed to its instance first (run_time in order), started late: the hand-off's own lag
             (rep.note if driver.args.handoff_ok else rep.bad)("order (instance): hand-off lag", detail)
+            worst = rep.summary.setdefault("lags", {}).get("hand-off lag inversions, worst", "0 ms")
+            rep.summary["lags"]["hand-off lag inversions, worst"] = f"{max(gap * 1000, float(worst[:-3])):.1f} ms"
         else:
             rep.bad("order (instance)", detail)
 

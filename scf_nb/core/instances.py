@@ -15,6 +15,7 @@ import re
 import secrets
 import signal
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -162,6 +163,7 @@ class Instance:
             hint = {"SIGKILL": " (killed from outside, or out of memory)", "SIGSEGV": " (segmentation fault)"}
             return f"the instance process was killed by {name}{hint.get(name, '')}"
         return f"the instance process exited with code {code}"
+
 
 
 def descendants(pid: int) -> list[int]:
