@@ -15,7 +15,6 @@ import re
 import secrets
 import signal
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
