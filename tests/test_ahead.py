@@ -441,16 +441,16 @@ def test_records_decide_start_or_take_back(tmp_path: Path) -> None:
     shared = Shared(str(tmp_path / "records"))
     first, second = Claims(shared.path, owner=7), Claims(shared.path, owner=8)
     assert shared.reserve(1) and shared.reserve(2) and shared.reserve(3)
-    assert first.claim_first([1, 2, 3]) == (1, [2, 3])  # the oldest PENDING one, and what is still worth keeping
+    assert first.claim_first([1, 2, 3]) == (0, 0)  # the oldest PENDING one (its index), none decided before it
     assert shared.revoke(1) is False and shared.started_by([1, 2]) == {1: 7}  # started: cannot be taken back
-    assert second.claim_first([1, 2, 3]) == (2, [3])  # the other instance skips what the first one took
+    assert second.claim_first([1, 2, 3]) == (1, 1)  # the other instance skips what the first one took
     assert shared.revoke(3) is True and shared.revoke(3) is True  # taken back (asking again is harmless)
-    assert first.claim_first([3]) == (None, [])  # nobody starts it any more
+    assert first.claim_first([3]) == (None, 1)  # nobody starts it any more: drop it
     assert shared.reserve(4) and shared.ban(7, [1, 2, 4]) == [1]  # banned: what it started so far ...
-    assert first.claim_first([4]) == (None, [4])  # ... and nothing more
-    assert second.claim_first([4 + RECORDS]) == (None, [])  # a number it was never sent
+    assert first.claim_first([4]) == (None, 0)  # ... and nothing more (keep it for later)
+    assert second.claim_first([4 + RECORDS]) == (None, 1)  # a number it was never sent
     shared.unban(7)
-    assert first.claim_first([4]) == (4, [])
+    assert first.claim_first([4]) == (0, 0)
     assert shared.reserve(3 + RECORDS)  # a decided record is reused
     assert shared.reserve(5) and not shared.reserve(5 + RECORDS)  # one holding an undecided event is not
     first.close()

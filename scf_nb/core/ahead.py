@@ -207,23 +207,33 @@ class Claims(_Records):
         self.owner = owner
         self.claimed_at = 0.0
 
-    def claim_first(self, seqs: list[int]) -> tuple[int | None, list[int]]:
+    def claim_first(self, seqs: list[int]) -> tuple[int | None, int]:
         """Start the first of ``seqs`` (in the order sent) that is still PENDING, unless this instance is banned.
 
         Returns:
-            (the seq claimed or None, the seqs after it that are still PENDING: the only ones worth keeping).
-            ``claimed_at`` is then the time of the claim (read in the lock: claims and take-overs of the
-            function's events are in FIFO order, and so are their start times).
+            (its index in ``seqs`` or None, how many of ``seqs`` before it are decided and can be dropped: all
+            of them when none was claimed, none when banned). ``claimed_at`` is then the time of the claim
+            (read in the lock: claims and take-overs of the function's events are in FIFO order, and so are
+            their start times).
         """
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        for _ in range(64):  # the lock is held for a few instructions: yield the core to its holder, no sleep
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                os.sched_yield()
+        else:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
         try:
             if self.owner in self._banned():
-                return None, [s for s in seqs if self._get(s)[::2] == (s, PENDING)]
+                return None, 0
+            get = self._get
             for i, s in enumerate(seqs):
-                if self._get(s)[::2] == (s, PENDING):
+                found, _owner, state = get(s)
+                if found == s and state == PENDING:
                     self._put(s, self.owner, STARTED)
                     self.claimed_at = time.time()
-                    return s, [t for t in seqs[i + 1:] if self._get(t)[::2] == (t, PENDING)]
-            return None, []
+                    return i, i
+            return None, len(seqs)
         finally:
             fcntl.flock(self.fd, fcntl.LOCK_UN)

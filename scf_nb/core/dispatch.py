@@ -327,12 +327,15 @@ class Dispatcher:
         nothing jumps it."""
         head = queue[0]
         key = head.fn.key
+        ahead = self._ahead.get(key)
+        pool = self._pools.get(key, ())
+        if ahead is not None and len(ahead.pending) > AHEAD * len(pool) // 2:  # enough are waiting (see below)
+            return
         targets = [inst for inst in self._pools.get(key, ())
                    if inst.state == BUSY and inst.event is not None and inst.conn is not None and not inst.settling
                    and not inst.banned and inst.revision == head.fn.revision]
         if not targets:
             return
-        ahead = self._ahead.get(key)
         if ahead is None:
             ahead = self._ahead[key] = Ahead(self.records_for(key))
         cap = AHEAD * len(targets)

@@ -280,7 +280,7 @@ class _Runner:
         that is still PENDING (the oldest waiting event of this function), unless we are being replaced."""
         msgs, self.inbox = list(self.inbox), deque()  # runs sent ahead that came with the one just run come first
         try:
-            while True:
+            while _unread(self.sock.fileno()):  # an ioctl: cheaper than a recv that raises when nothing came
                 data = self.sock.recv(_RECV_BYTES, socket.MSG_DONTWAIT)
                 if not data:
                     break
@@ -299,10 +299,11 @@ class _Runner:
             return None, 0.0
         if self.claims is None:
             self.claims = Claims(self.spec["records"], self.spec["number"])
-        by_seq = {m[5]: m for m in self.candidates}
-        seq, keep = self.claims.claim_first(list(by_seq))
-        self.candidates = [by_seq[s] for s in keep]
-        return (by_seq[seq] if seq is not None else None), self.claims.claimed_at
+        cands = self.candidates
+        i, decided = self.claims.claim_first([m[5] for m in cands])
+        nxt = cands[i] if i is not None else None
+        del cands[:decided + (i is not None)]  # what others took, what we take; the rest is checked next time
+        return nxt, self.claims.claimed_at
 
     def _within_memory(self, outcome: tuple[str, Any], memory: int) -> tuple[str, Any]:
         """An event that went over its function's ``memory_mb`` fails, whatever the handler did, and this
