@@ -221,7 +221,7 @@ class _Runner:
             _, request_id, event_json, qualifier, version, _seq = nxt
 
     def _run_one(self, request_id: str, event_json: str, qualifier: str, version: str) -> tuple[Any, ...] | None:
-        _reset_peak_memory()
+        _reset_peak_memory(bool(self.spec.get("memory")))
         timeout = self.spec["timeout"]
         ctx = Context(self.spec["context"], request_id=request_id, qualifier=qualifier, function_version=version,
                       _deadline=time.monotonic() + timeout, time_limit_in_ms=int(timeout * 1000))
@@ -445,14 +445,17 @@ def _enter_cgroup(spec: dict[str, Any] | None) -> None:
 
 
 _children_peak = [0]  # the largest child's peak (KiB) when the event started
+_NOT_COUNTED = -1  # ... or children are not counted for this event
 
 
-def _reset_peak_memory() -> None:
+def _reset_peak_memory(children: bool) -> None:
+    """Start measuring an event's peak; ``children`` (a function with ``memory_mb``): theirs too (a syscall
+    the others need not pay, since their ``mem_usage_bytes`` is the instance process's own)."""
     try:
         os.write(_proc_fd("clear_refs", os.O_WRONLY), b"5")
     except OSError:
         pass
-    _children_peak[0] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    _children_peak[0] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss if children else _NOT_COUNTED
 
 
 # Reading the peak (VmHWM) makes the kernel write all of /proc/self/status: ~7 us, more than a short event's
@@ -478,6 +481,8 @@ def _peak_memory() -> int:
         peak = _status_kb(data, b"VmHWM:") * 1024
     except (OSError, ValueError):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if _children_peak[0] == _NOT_COUNTED:
+        return peak
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if child > _children_peak[0]:  # the biggest child so far was this event's
         peak = max(peak, (_status_kb(data, b"VmRSS:") + child) * 1024)
