@@ -8,6 +8,7 @@ import os
 import selectors
 import subprocess
 import sys
+import textwrap
 import uuid
 
 import pytest
@@ -78,3 +79,24 @@ def stop(proc: subprocess.Popen[str]) -> None:
     for f in (proc.stdin, proc.stdout, proc.stderr):
         if f is not None:
             f.close()
+
+
+# A sitecustomize for instance processes (loky workers): while the gate is armed and closed they block at
+# interpreter start, a slow start made certain; with "<gate>.crash" they exit at once. The engine process
+# itself is not held.
+SLOW_START = textwrap.dedent('''
+    import os, time
+    _gate = os.environ.get("SCF_NB_TEST_GATE")
+    if _gate and os.path.exists(_gate + ".crash"):
+        with open("/proc/self/cmdline", "rb") as _f:
+            if b"popen_loky_posix" in _f.read():
+                os._exit(3)
+    if _gate and os.path.exists(_gate + ".armed"):
+        with open("/proc/self/cmdline", "rb") as _f:
+            _loky = b"popen_loky_posix" in _f.read()
+        if _loky:
+            open(f"{_gate}.blocked.{os.getpid()}", "w").close()
+            _deadline = time.monotonic() + 60
+            while not os.path.exists(_gate) and time.monotonic() < _deadline:
+                time.sleep(0.01)
+''')

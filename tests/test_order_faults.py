@@ -12,36 +12,18 @@ import glob
 import os
 import signal
 import socket
-import textwrap
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 from conftest import GATE, wait_until
+from processes import SLOW_START
 from test_ahead import HANDLER, Unread, _busy_with_one_behind, _engine, _on_engine_thread, engine_calls, pending
 
 import scf_nb
 from scf_nb.core.ahead import STARTED
 
 __all__ = ["engine_calls"]  # a fixture, used by name
-
-
-SLOW_START = textwrap.dedent('''
-    import os, time
-    _gate = os.environ.get("SCF_NB_TEST_GATE")
-    if _gate and os.path.exists(_gate + ".crash"):
-        with open("/proc/self/cmdline", "rb") as _f:
-            if b"popen_loky_posix" in _f.read():
-                os._exit(3)
-    if _gate and os.path.exists(_gate + ".armed"):
-        with open("/proc/self/cmdline", "rb") as _f:
-            _loky = b"popen_loky_posix" in _f.read()
-        if _loky:
-            open(f"{_gate}.blocked.{os.getpid()}", "w").close()
-            _deadline = time.monotonic() + 60
-            while not os.path.exists(_gate) and time.monotonic() < _deadline:
-                time.sleep(0.01)
-''')
 
 
 class SlowStart:

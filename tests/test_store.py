@@ -16,7 +16,7 @@ from typing import Any
 import duckdb
 import pytest
 from conftest import GATE, Clock, kill_quietly, pid_alive, wait_until
-from processes import kill_tagged, read_line, run_script, stop, tagged_env, tagged_processes
+from processes import SLOW_START, kill_tagged, read_line, run_script, stop, tagged_env, tagged_processes
 
 import scf_nb
 
@@ -160,21 +160,6 @@ def test_events_of_a_killed_engine_become_failed_and_its_processes_are_gone(home
         kill_tagged(tag)  # e.g. an instance that was still starting (see the test below)
         scf_nb.shutdown()
 
-
-# Instance processes (loky workers) block at interpreter start while the gate is armed and closed: a slow
-# start, made certain. The engine process itself is not held.
-SLOW_START = textwrap.dedent('''
-    import os, time
-    _gate = os.environ.get("SCF_NB_TEST_GATE")
-    if _gate and os.path.exists(_gate + ".armed"):
-        with open("/proc/self/cmdline", "rb") as _f:
-            _loky = b"popen_loky_posix" in _f.read()
-        if _loky:
-            open(f"{_gate}.blocked.{os.getpid()}", "w").close()
-            _deadline = time.monotonic() + 60
-            while not os.path.exists(_gate) and time.monotonic() < _deadline:
-                time.sleep(0.01)
-''')
 
 ENGINE_WITH_STARTING_INSTANCE = textwrap.dedent('''
     import glob, os, sys, time

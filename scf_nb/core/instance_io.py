@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from . import wire
 from .instances import BUSY, DYING, IDLE, REAPED, Instance, Outcome
 from .leftover_output import LeftoverOutput
-from .logchannel import LineSplitter
+from .logchannel import LineSplitter, read_to_eof
 from .status import Status
 
 if TYPE_CHECKING:
@@ -388,12 +388,7 @@ class InstanceIO(LeftoverOutput):
 
     def _drain(self, inst: Instance, fd: int) -> None:
         splitter = inst.streams[fd]
-        try:
-            while data := os.read(fd, 1 << 18):
-                self._lines(inst, splitter, splitter.feed(data))
-        except OSError:
-            pass
-        self._lines(inst, splitter, splitter.close())
+        read_to_eof(fd, splitter, lambda items: self._lines(inst, splitter, items))
 
     def _timer_grace(self, inst: Instance) -> None:
         if inst.state != REAPED:

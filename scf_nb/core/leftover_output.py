@@ -25,7 +25,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from .instances import REAPED, Instance
-from .logchannel import LineSplitter
+from .logchannel import LineSplitter, read_to_eof
 
 if TYPE_CHECKING:
     from .records import EventState
@@ -125,12 +125,7 @@ class LeftoverOutput:
 
     def _drain_retired(self, inst: Instance, fd: int) -> None:
         splitter, owner = inst.retired.pop(fd)
-        try:
-            while data := os.read(fd, 1 << 18):
-                self._store_owned(owner, splitter, splitter.feed(data))
-        except OSError:
-            pass
-        self._store_owned(owner, splitter, splitter.close())
+        read_to_eof(fd, splitter, lambda items: self._store_owned(owner, splitter, items))
 
     def _store_owned(self, ev: EventState | None, splitter: LineSplitter, items: list[str | None]) -> None:
         lines = [x for x in items if x is not None]  # an END marker here is nobody's: only leftovers write

@@ -10,6 +10,9 @@ as backslash escapes. Nothing is dropped.
 
 from __future__ import annotations
 
+import os
+from typing import Callable
+
 from .worker import END_MARKER
 
 MAX_LINE = 1 << 20
@@ -106,3 +109,13 @@ def _split_cr(data: bytes) -> list[bytes]:
         out.extend(s for s in subs[:-1] if s)
         out.append(subs[-1])
     return out
+
+
+def read_to_eof(fd: int, splitter: LineSplitter, sink: Callable[[list[str | None]], None]) -> None:
+    """Read a pipe whose writers are gone (or going) to its end, handing each batch of lines to ``sink``."""
+    try:
+        while data := os.read(fd, 1 << 18):
+            sink(splitter.feed(data))
+    except OSError:
+        pass
+    sink(splitter.close())
