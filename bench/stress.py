@@ -346,8 +346,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=3.0, help="time limit of the whole run")
     ap.add_argument("--json", default=None, help="write the summary and violations here")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (store, start records)")
-    ap.add_argument("--handoff-ok", action="store_true",
-                    help="start inversions explained by an event's own hand-off lag are info, not violations")
     args = ap.parse_args(argv)
     workdir = tempfile.mkdtemp(prefix="scf_stress-")
     t_start = time.monotonic()

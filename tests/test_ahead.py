@@ -75,14 +75,15 @@ def own_logs(ev: Any, *tail: str) -> None:
 
 @pytest.fixture
 def sent_ahead(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """The RequestIds the engine sent ahead."""
+    """The RequestIds the engine sent ahead (to a busy instance, not offered to an idle one)."""
     seen: list[str] = []
     original = engine_module.Engine._feed
 
-    def spy(self: Any, inst: Any, ahead: Any) -> None:
+    def spy(self: Any, inst: Any, ahead: Any, upto: int | None = None) -> None:
         before = inst.sent_upto
-        original(self, inst, ahead)
-        seen.extend(e.request_id for e, seq, _ in ahead.pending if before < seq <= inst.sent_upto)
+        original(self, inst, ahead, upto)
+        if upto is None:
+            seen.extend(e.request_id for e, seq, _ in ahead.pending if before < seq <= inst.sent_upto)
 
     monkeypatch.setattr(engine_module.Engine, "_feed", spy)
     yield seen

@@ -1,24 +1,27 @@
-"""Sending events ahead: while every instance a function may have is busy, the FIFO's next events go to the busy
-instances, and the first of them to finish its current event starts the oldest one (no round trip through the
-engine in between).
+"""Every event starts by a worker's claim: the engine offers an event (as a pending record) to one idle instance
+and sends it ahead to the busy ones, and whichever claims it first runs it (no round trip through the engine
+between one event and the next, and an idle instance that is slow to wake, or dead, holds up nothing).
 
-Each event sent ahead goes to *every* busy instance of its function (revision), so whichever finishes first can
-start the oldest waiting event: per function, events start in the order they were accepted, however long the
-event before them runs on one instance. A shared file of records per function, changed only under ``flock``,
-decides who starts what:
+Events go to every busy instance of their function (revision), so whichever finishes first can start the oldest
+waiting event: per function, events start in the order they were accepted, however long the event before them
+runs on one instance. A shared file of records per function, changed only under ``flock``, decides who starts
+what:
 
     engine: reserve(seq)        FREE/decided -> PENDING          (before sending the run)
-    worker: claim_first(seqs)   the first PENDING of the runs it holds -> STARTED by it (at the end of an event)
-    engine: revoke(seq)         PENDING -> REVOKED               (terminate while queued; an idle instance
-                                                                  or room for a new one takes it over)
+    worker: claim_first(seqs)   the first PENDING of the runs it holds -> STARTED by it, with the time
+                                (at the end of an event; idle: when runs come)
+    engine: revoke(seq)         PENDING -> REVOKED               (terminate while queued; the engine stops)
     engine: ban(owner)          that instance claims nothing more (before any kill of it)
     engine: release(seq, owner) STARTED by a gone owner -> PENDING (its "done" naming the claim never came,
                                                                   so it never ran the event)
 
-A worker claims only at the end of one of its events, and always the lowest PENDING record of those it was sent
-(the engine sends each instance the events sent ahead in order, with no gaps), so claims follow the FIFO. Before
-the engine kills an instance it bans it (under the same lock), then reads the "done" messages of whatever it
-had already claimed: the kill hits exactly what runs there, never an event sent ahead.
+A worker always claims the lowest PENDING record of those it was sent (the engine sends each instance the
+pending runs in order, with no gaps), so claims follow the FIFO, and so do their times (read in the lock). A
+claim at the end of an event is named in that event's "done" (sent before the claimed one starts); a claim by an
+idle worker is told by nothing but the record (the engine reads the records when it must know: shortly after
+the offer, before a kill, when output comes), so it costs no message. Before the engine kills an instance it
+bans it (under the same lock), then catches up on whatever it had already claimed: the kill hits exactly what
+runs there, never an event sent ahead.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import struct
 import time
 
 FREE, PENDING, STARTED, REVOKED = 0, 1, 2, 3
-_RECORD = struct.Struct("=IIB3x")  # seq, owner (the instance's number), state
+_RECORD = struct.Struct("=IIB3xd")  # seq, owner (the instance's number), state, time.time() of the claim
 _BANS = 32  # instances banned at once, at most (each is being killed)
 _BAN = struct.Struct(f"={_BANS}I")
 RECORDS = 256  # records in the ring; the engine keeps far fewer undecided (dispatch.PENDING_MAX)
@@ -53,11 +56,11 @@ class _Records:
             os.ftruncate(self.fd, _SIZE)
         self.map = mmap.mmap(self.fd, _SIZE)
 
-    def _get(self, seq: int) -> tuple[int, int, int]:
+    def _get(self, seq: int) -> tuple[int, int, int, float]:
         return _RECORD.unpack_from(self.map, _BAN.size + (seq % RECORDS) * _RECORD.size)  # type: ignore[return-value]
 
     def _put(self, seq: int, owner: int, state: int) -> None:
-        _RECORD.pack_into(self.map, _BAN.size + (seq % RECORDS) * _RECORD.size, seq, owner, state)
+        _RECORD.pack_into(self.map, _BAN.size + (seq % RECORDS) * _RECORD.size, seq, owner, state, 0.0)
 
     def _banned(self) -> list[int]:
         return list(_BAN.unpack_from(self.map, 0))
@@ -76,6 +79,11 @@ class Shared(_Records):
 
     def _lock(self) -> bool:
         """The records' lock, without ever blocking the engine on a worker that stopped while holding it."""
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
         deadline = time.monotonic() + _LOCK_WAIT_S
         for attempt in itertools.count():
             try:
@@ -98,7 +106,7 @@ class Shared(_Records):
         if not self._lock():
             return False
         try:
-            old_seq, _owner, state = self._get(seq)
+            old_seq, _owner, state, _at = self._get(seq)
             if state == PENDING and old_seq != seq:
                 return False
             self._put(seq, 0, PENDING)
@@ -113,7 +121,7 @@ class Shared(_Records):
             return 0
         try:
             for i in range(n):
-                old_seq, _owner, state = self._get(first + i)
+                old_seq, _owner, state, _at = self._get(first + i)
                 if state == PENDING and old_seq != first + i:
                     return i
                 self._put(first + i, 0, PENDING)
@@ -127,7 +135,7 @@ class Shared(_Records):
         if not self._lock():
             return None
         try:
-            old_seq, _owner, state = self._get(seq)
+            old_seq, _owner, state, _at = self._get(seq)
             if old_seq != seq or state != PENDING:
                 return state == REVOKED and old_seq == seq
             self._put(seq, 0, REVOKED)
@@ -143,7 +151,7 @@ class Shared(_Records):
         if not self._lock():
             return None
         try:
-            if self._get(seq) != (seq, owner, STARTED):
+            if self._get(seq)[:3] != (seq, owner, STARTED):
                 return False
             self._put(seq, 0, PENDING)
             return True
@@ -162,7 +170,7 @@ class Shared(_Records):
                     return None
                 bans[bans.index(0)] = owner
                 _BAN.pack_into(self.map, 0, *bans)
-            return [s for s in seqs if self._get(s) == (s, owner, STARTED)]
+            return [s for s in seqs if self._get(s)[:3] == (s, owner, STARTED)]
         finally:
             self._unlock()
 
@@ -179,14 +187,19 @@ class Shared(_Records):
 
     def started_by(self, seqs: list[int]) -> dict[int, int] | None:
         """The owner of each of ``seqs`` that a worker has started (None: no lock)."""
+        claims = self.claims(seqs)
+        return None if claims is None else {s: owner for s, (owner, _at) in claims.items()}
+
+    def claims(self, seqs: list[int]) -> dict[int, tuple[int, float]] | None:
+        """Owner and time of the claim of each of ``seqs`` that a worker has started (None: no lock)."""
         if not self._lock():
             return None
         try:
             found = {}
             for s in seqs:
-                old_seq, owner, state = self._get(s)
+                old_seq, owner, state, at = self._get(s)
                 if old_seq == s and state == STARTED:
-                    found[s] = owner
+                    found[s] = (owner, at)
             return found
         finally:
             self._unlock()
@@ -205,6 +218,7 @@ class Claims(_Records):
     def __init__(self, path: str, owner: int) -> None:
         super().__init__(path, create=False)
         self.owner = owner
+        self._me = struct.pack("=I", owner)
         self.claimed_at = 0.0
 
     def claim_first(self, seqs: list[int]) -> tuple[int | None, int]:
@@ -216,6 +230,12 @@ class Claims(_Records):
             (read in the lock: claims and take-overs of the function's events are in FIFO order, and so are
             their start times).
         """
+        # Everything that can be is computed before the lock: a holder that loses its core stalls every
+        # instance of the function, so the locked part is a few comparisons of bytes.
+        size, first = _RECORD.size, _BAN.size
+        pack = _RECORD.pack
+        spots = [(first + (s % RECORDS) * size, pack(s, 0, PENDING, 0.0), s) for s in seqs]
+        me, m = self._me, self.map
         for _ in range(64):  # the lock is held for a few instructions: yield the core to its holder, no sleep
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -225,14 +245,15 @@ class Claims(_Records):
         else:
             fcntl.flock(self.fd, fcntl.LOCK_EX)
         try:
-            if self.owner in self._banned():
+            at = m.find(me, 0, first)
+            while at >= 0 and at % 4:  # a match across two entries of the ban table is no ban
+                at = m.find(me, at + 1, first)
+            if at >= 0:
                 return None, 0
-            get = self._get
-            for i, s in enumerate(seqs):
-                found, _owner, state = get(s)
-                if found == s and state == PENDING:
-                    self._put(s, self.owner, STARTED)
-                    self.claimed_at = time.time()
+            for i, (off, pending, s) in enumerate(spots):
+                if m[off:off + size] == pending:
+                    self.claimed_at = now = time.time()  # in the lock: claims are in FIFO order, and so are their times
+                    m[off:off + size] = pack(s, self.owner, STARTED, now)
                     return i, i
             return None, len(seqs)
         finally:

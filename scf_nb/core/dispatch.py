@@ -1,18 +1,19 @@
-"""The engine's dispatcher: which instance runs the function's oldest waiting event, starting instances under the
-limits, and sending events ahead to busy instances (``ahead.py`` has the records that make that safe).
+"""The engine's dispatcher: which instances may run the function's oldest waiting event, starting instances under
+the limits, and sending events ahead to busy instances (``ahead.py`` has the records that make that safe).
 
 ``Dispatcher`` is mixed into :class:`scf_nb.core.engine.Engine` and runs only on the engine thread. Rules:
 
-- Per function, events start in the order they were accepted. The oldest waiting event is the first one sent
-  ahead that no worker has started (``Ahead.pending``), else the FIFO's head (events go ahead from the FIFO's
-  head, so everything sent ahead is older than the FIFO).
-- It goes to an idle instance of its function's revision, else to a new one (the warm spare if there is one) if
-  ``concurrency`` and ``max_workers`` allow. Otherwise, while every instance is busy, the FIFO's next small
-  events are sent ahead (up to ``AHEAD`` per busy instance), each to every busy instance; the first to finish
-  claims the oldest, so a long event on one instance holds up nothing behind it.
-- An event sent ahead stays QUEUED until a worker claims it; the worker's "done" for the event before it says
-  which it claimed and when. Before anything kills an instance, ``_settle`` bans it from claiming and reads the
-  "done" messages of what it had claimed already, so the kill hits exactly what runs there.
+- Per function, events start in the order they were accepted, each by a worker's claim. The oldest waiting
+  event not offered yet is the first pending one (``Ahead.pending``) not offered to an idle instance, else
+  the FIFO's head (events leave the FIFO from its head, so everything pending is older than the FIFO).
+- It is offered to one idle instance of its function's revision (a new one, the warm spare if there is one,
+  is started if ``concurrency`` and ``max_workers`` allow, and gets nothing before it has connected), and,
+  as every pending event, sent to the busy instances: whichever claims it first runs it. While every
+  instance is busy, the FIFO's next small events are sent ahead too (up to ``AHEAD`` per busy instance); the
+  first to finish claims the oldest, so a long event on one instance holds up nothing behind it.
+- An event stays QUEUED until a worker claims it; its ``run_time`` is the claim's. Before anything kills an
+  instance, ``_settle`` bans it from claiming and catches up on what it had claimed already, so the kill hits
+  exactly what runs there.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from .instances import BUSY, IDLE, STARTING, Instance, Outcome
 from .status import Status
 from .timers import RETRY_S
 
+CLAIMS_POLL_S = 0.001  # an idle instance offered an event: the records are read after this (doubling) ...
+CLAIMS_POLL_MAX_S = 0.05  # ... up to this, until it has claimed, or said it claimed none
+
 if TYPE_CHECKING:
     from .config import Config
     from .functions import Function
@@ -43,6 +47,7 @@ AHEAD = 8  # events sent ahead per busy instance at most (pending for the functi
 AHEAD_MAX_BYTES = 16 * 1024
 UNREAD_MAX_BYTES = 96 * 1024
 UNREAD_MAX_RUNS = 32
+_POKE = wire.frame(("poke",))  # to an idle instance that holds an offered run already: claim now
 _CPUS = os.cpu_count() or 1  # the default concurrency (os.cpu_count() reads a file each call)
 START_DEATHS_MAX = 3  # instance processes of a function dying in a row before they connect: then an event fails
 
@@ -55,19 +60,39 @@ def _small(payload: str) -> bool:
 class Ahead:
     """One function's events sent ahead that no worker is known to have started, oldest first."""
 
-    __slots__ = ("shared", "pending", "seq")
+    __slots__ = ("shared", "pending", "seq", "offered")
 
     def __init__(self, path: str) -> None:
         self.shared = Shared(path)
         self.pending: deque[tuple[EventState, int, bytes]] = deque()  # (event, record number, its "run" frame)
         self.seq = 0
+        self.offered: dict[int, Instance] = {}  # record number -> the idle instance it was offered to
 
     def take(self, seq: int) -> EventState | None:
+        """``seq`` is decided (claimed, or taken back): off the pending ones; the idle instance it was offered
+        to (if any) may be offered another."""
+        inst = self.offered.pop(seq, None)
+        if inst is not None and inst.offer == seq:
+            inst.offer = None
         for i, (ev, s, _) in enumerate(self.pending):
             if s == seq:
                 del self.pending[i]
                 return ev
         return None
+
+    def add(self, ev: EventState) -> int:
+        """``ev`` is pending as the next record (already reserved); its "run" frame is made once, for all."""
+        self.seq += 1
+        frame = wire.frame(("run", ev.request_id, ev.payload, ev.qualifier, ev.fn.version, self.seq))
+        self.pending.append((ev, self.seq, frame))
+        return self.seq
+
+    def unoffer(self, inst: Instance) -> None:
+        """``inst`` will not claim its offer (it read it and claimed none, it is banned, or it is gone)."""
+        if inst.offer is not None:
+            if self.offered.get(inst.offer) is inst:
+                del self.offered[inst.offer]
+            inst.offer = None
 
     def entry(self, ev: EventState) -> int | None:
         for e, s, _ in self.pending:
@@ -85,6 +110,7 @@ class Dispatcher:
         _queues: dict[tuple[str, str], deque[EventState]]
         _pools: dict[tuple[str, str], list[Instance]]
         _ahead: dict[tuple[str, str], Ahead]
+        _offering: dict[tuple[str, str], tuple[float, float]]
         _start_deaths: dict[tuple[str, str], int]
         _all: set[Instance]
         _by_token: dict[str, Instance]
@@ -107,32 +133,98 @@ class Dispatcher:
         def _end(self, ev: EventState, status: Status, **fields: Any) -> None: ...
         def _load(self, inst: Instance) -> None: ...
         def _watch(self, inst: Instance) -> None: ...
+        def _sync_claims(self, key: tuple[str, str] | None) -> bool: ...
 
     # -- dispatch ---------------------------------------------------------------------------------------------
     def _dispatch(self, key: tuple[str, str]) -> None:
-        ahead = self._ahead.get(key)
         while not self._closing:
-            queue = self._queues.get(key)  # anew each time: a failed send puts its event back in a new one
-            if ahead is not None and ahead.pending:
-                fn = ahead.pending[0][0].fn
-            elif queue:
-                fn = queue[0].fn
-            else:
-                break
-            inst = self._instance_for(fn)
-            if inst is None:
-                break
-            if inst.state == STARTING:  # no event until it has connected: then it takes the oldest waiting
-                continue
-            ev, now = self._oldest(key, inst)
+            ev = self._unoffered(key)
             if ev is None:
                 break
-            self._assign(inst, ev, now)
+            inst = self._instance_for(ev.fn)
+            if inst is None:
+                break
+            if inst.state == STARTING:  # nothing is offered to it until it has connected
+                continue
+            if not self._offer(inst, ev):
+                break
         queue = self._queues.get(key)
         if queue and not self._closing:
             self._fill_ahead(queue)
         if queue is not None and not queue:
             del self._queues[key]
+
+    def _unoffered(self, key: tuple[str, str]) -> EventState | None:
+        """The oldest waiting event not offered to an idle instance: pending ones are older than the FIFO."""
+        ahead = self._ahead.get(key)
+        if ahead is not None and len(ahead.pending) > len(ahead.offered):
+            for ev, seq, _ in ahead.pending:
+                if seq not in ahead.offered:
+                    return ev
+        queue = self._queues.get(key)
+        return queue[0] if queue else None
+
+    def _offer(self, inst: Instance, ev: EventState) -> bool:
+        """Offer ``ev`` to the idle ``inst``: it becomes a pending record (if it was the FIFO's head, where it
+        also goes to the busy instances, which may finish first), and ``inst`` gets every pending run up to it.
+        The event runs where it is claimed first (``inst`` says "started"); False: try again later."""
+        key = ev.fn.key
+        ahead = self._ahead.get(key)
+        if ahead is None:
+            ahead = self._ahead[key] = Ahead(self.records_for(key))
+        seq = ahead.entry(ev)
+        if seq is None:  # the FIFO's head
+            if not ahead.shared.reserve(ahead.seq + 1):  # a worker holds the records' lock: ask again shortly
+                self._schedule(RETRY_S, "dispatch", key)
+                return False
+            seq = ahead.add(self._queues[key].popleft())
+            for busy in self._pools.get(key, ()):
+                if busy is not inst and self._claims_ahead(busy, ev.fn.revision):
+                    self._feed(busy, ahead)
+        ahead.offered[seq] = inst
+        inst.offer = seq
+        if inst.sent_upto >= seq:  # it holds the run already (sent ahead while it was busy, or banned): it looks
+            self._poke(inst)  # again at what it holds only when something comes
+        else:
+            self._feed(inst, ahead, upto=seq)
+        inst.offer_at = inst.acked + len(inst.unread)  # a "read" covering this many runs answers the offer
+        if key not in self._offering:  # it says nothing when it claims: the loop looks at the records shortly,
+            self._offering[key] = (time.monotonic() + CLAIMS_POLL_S, CLAIMS_POLL_S)  # unless its "done" comes first
+        return True
+
+    def _poke(self, inst: Instance) -> None:
+        try:
+            inst.conn.sendall(_POKE)
+        except (OSError, ValueError):
+            self._broken(inst)
+
+    def _poll_claims(self) -> float:
+        """Functions whose idle instances hold offers they have not answered: once due, read the records (has
+        one claimed?). Returns the time until the next look is due."""
+        now = time.monotonic()
+        wait = 1.0
+        for key, (due, delay) in list(self._offering.items()):
+            ahead = self._ahead.get(key)
+            if ahead is None or not ahead.offered:
+                del self._offering[key]
+                continue
+            if now >= due:
+                synced = self._sync_claims(key)
+                if not ahead.offered and synced:
+                    del self._offering[key]
+                    continue
+                delay = min(delay * 2, CLAIMS_POLL_MAX_S)
+                due = now + delay
+                self._offering[key] = (due, delay)
+            wait = min(wait, due - now)
+        return max(0.0, wait)
+
+    @staticmethod
+    def _claims_ahead(inst: Instance, revision: int) -> bool:
+        """Whether ``inst`` may be sent runs ahead, to claim at the end of the event it runs (busy) or is
+        about to run (idle, with an offer)."""
+        return ((inst.state == BUSY and inst.event is not None or inst.state == IDLE and inst.offer is not None)
+                and inst.conn is not None and not inst.settling and not inst.banned and inst.revision == revision)
 
     def _oldest(self, key: tuple[str, str], inst: Instance) -> tuple[EventState | None, float]:
         """Take the oldest event waiting for ``inst``'s revision: the first event sent ahead that can still be
@@ -203,27 +295,40 @@ class Dispatcher:
         coming = 0
         for inst in pool:
             if inst.state == IDLE:
-                if inst.revision == fn.revision:
+                if inst.revision != fn.revision:
+                    stale = inst
+                elif inst.offer is None and not inst.banned:
                     return inst
-                stale = inst
             elif inst.state == STARTING and inst.event is None and inst.revision == fn.revision:
                 coming += 1
         if coming and coming >= self._waiting(fn.key):
             return None
         if len(pool) >= (fn.concurrency or _CPUS):
             if stale is not None:
-                self._kill(stale, None)  # make room; the event goes once it is reaped (milliseconds)
+                self._kill_idle(stale)  # make room; the event goes once it is reaped (milliseconds)
             return None
         if sum(len(p) for p in self._pools.values()) >= self.config.max_workers:
-            idle = [i for p in self._pools.values() for i in p if i.state == IDLE]
+            idle = [i for p in self._pools.values() for i in p if i.state == IDLE and i.offer is None]
             if idle:
-                self._kill(min(idle, key=lambda i: i.idle_since), None)
+                self._kill_idle(min(idle, key=lambda i: i.idle_since))
             return None
         return self._start(fn)
 
     def _waiting(self, key: tuple[str, str]) -> int:
+        """Events of function ``key`` that wait for an instance: not offered to an idle one."""
         ahead = self._ahead.get(key)
-        return len(self._queues.get(key, ())) + (len(ahead.pending) if ahead is not None else 0)
+        return len(self._queues.get(key, ())) + (len(ahead.pending) - len(ahead.offered) if ahead is not None else 0)
+
+    def _kill_idle(self, inst: Instance) -> bool:
+        """Stop an idle instance (to make room, or idle too long), unless it has just claimed an event: it is
+        banned first, and what it sent read (``_settle``). False if it was not stopped."""
+        if self._has_pending(inst) and not self._settle(inst):
+            return False
+        if inst.event is not None or inst.state != IDLE:
+            self._unban(inst)
+            return False
+        self._kill(inst, None)
+        return True
 
     def _died_starting(self, inst: Instance) -> None:
         """``inst`` died before it connected (so with no event). A start error fails the oldest waiting event
@@ -275,11 +380,6 @@ class Dispatcher:
         if self.config.warm_spare and self._spare is None and not self._closing and not self._closed:
             self._spare = self._spawn(None)
 
-    def _assign(self, inst: Instance, ev: EventState, now: float | None = None) -> None:
-        self._begin(inst, ev, now)
-        if inst.state == IDLE:
-            self._send_run(inst)
-
     def _begin(self, inst: Instance, ev: EventState, now: float | None = None) -> None:
         """``ev`` is RUNNING on ``inst`` from ``now`` (the engine's clock by default)."""
         with self.store.lock:
@@ -295,25 +395,6 @@ class Dispatcher:
             self._schedule(ev.fn.effective_timeout, "deadline", inst)
         if ev.fn.memory_mb:
             self._watch(inst)
-
-    def _send_run(self, inst: Instance) -> None:
-        ev = inst.event
-        assert ev is not None
-        inst.state = BUSY
-        try:  # the function's name, settings and timeout came with "load" (an instance serves one revision)
-            inst.send(("run", ev.request_id, ev.payload, ev.qualifier, ev.fn.version, None))
-        except (OSError, ValueError):  # it is gone: the event never got there, so it goes first again
-            inst.event = None
-            ev.instance = None
-            with self.store.lock:
-                ev.status, ev.run_time, ev.instance_pid = Status.QUEUED, None, None
-                self.store.changed(ev)
-            self._queues.setdefault(ev.fn.key, deque()).appendleft(ev)
-            self._broken(inst)
-            return
-        ahead = self._ahead.get(ev.fn.key)
-        if ahead is not None and ahead.pending:
-            self._feed(inst, ahead)  # it must hold every event sent ahead before it may claim one
 
     # -- sending ahead ------------------------------------------------------------------------------------------
     def records_for(self, key: tuple[str, str]) -> str:
@@ -331,9 +412,7 @@ class Dispatcher:
         pool = self._pools.get(key, ())
         if ahead is not None and len(ahead.pending) > AHEAD * len(pool) // 2:  # enough are waiting (see below)
             return
-        targets = [inst for inst in self._pools.get(key, ())
-                   if inst.state == BUSY and inst.event is not None and inst.conn is not None and not inst.settling
-                   and not inst.banned and inst.revision == head.fn.revision]
+        targets = [inst for inst in pool if self._claims_ahead(inst, head.fn.revision)]
         if not targets:
             return
         if ahead is None:
@@ -347,18 +426,16 @@ class Dispatcher:
                 break
             batch.append(ev)
         made = ahead.shared.reserve_many(ahead.seq + 1, len(batch)) if batch else 0
-        for ev in batch[:made]:
-            queue.popleft()
-            ahead.seq += 1
-            frame = wire.frame(("run", ev.request_id, ev.payload, ev.qualifier, ev.fn.version, ahead.seq))
-            ahead.pending.append((ev, ahead.seq, frame))
+        for _ in range(made):
+            ahead.add(queue.popleft())
         if made:
             for inst in targets:
                 self._feed(inst, ahead)
 
-    def _feed(self, inst: Instance, ahead: Ahead) -> None:
-        """Send ``inst`` the events sent ahead that it does not hold yet, in order, as far as its socket's buffer
-        surely takes them (it reads them at the end of its current event)."""
+    def _feed(self, inst: Instance, ahead: Ahead, upto: int | None = None) -> None:
+        """Send ``inst`` the pending runs that it does not hold yet, in order: a busy one as far as its socket's
+        buffer surely takes them (it reads them at the end of its current event); an idle one every run up to
+        its offer ``upto``, whatever their size (it reads them now)."""
         if ahead.seq <= inst.sent_upto:  # it holds them all (the common case, once per event)
             return
         frames = []
@@ -366,7 +443,10 @@ class Dispatcher:
         for ev, seq, frame in ahead.pending:
             if seq <= inst.sent_upto or ev.fn.revision != inst.revision:
                 continue
-            if len(inst.unread) >= UNREAD_MAX_RUNS or unread + len(frame) > UNREAD_MAX_BYTES:
+            if upto is not None:
+                if seq > upto:
+                    break
+            elif len(inst.unread) >= UNREAD_MAX_RUNS or unread + len(frame) > UNREAD_MAX_BYTES:
                 break
             frames.append(frame)
             inst.unread.append(len(frame))
@@ -410,6 +490,9 @@ class Dispatcher:
             if mine is None:
                 return False
             inst.banned = True
+            ahead.unoffer(inst)  # what it was offered goes to another (or waits), unless it claimed it already
+            if inst.event is None and not self._sync_claims(inst.key):  # idle: has it claimed one?
+                return False
             claimed = set(mine)
             for _ in range(10_000):
                 if not any(seq in claimed for _, seq, _ in ahead.pending):
@@ -449,6 +532,7 @@ class Dispatcher:
         ahead = self._ahead.get(inst.key) if inst.key is not None else None
         if ahead is None:
             return
+        ahead.unoffer(inst)
         self._unban(inst)
         if not ahead.pending or inst.sent_upto == 0:
             return

@@ -48,7 +48,7 @@ from .dispatch import _CPUS, Ahead, Dispatcher
 from .errors import ScfError
 from .functions import Function, Registry
 from .instance_io import REAPED, InstanceIO, Poller
-from .instances import DYING, Instance, Outcome, Spawner, at_exit, cancel_at_exit, leftovers
+from .instances import DYING, IDLE, Instance, Outcome, Spawner, at_exit, cancel_at_exit, leftovers
 from .recent import RecentEvents
 from .records import EventState, make_request_id
 from .status import Status, can_move
@@ -78,6 +78,7 @@ class Engine(Dispatcher, Timers, InstanceIO):
         self._queues: dict[tuple[str, str], deque[EventState]] = {}
         self._pools: dict[tuple[str, str], list[Instance]] = {}  # instances not dying, per function
         self._ahead: dict[tuple[str, str], Ahead] = {}  # events sent ahead, per function
+        self._offering: dict[tuple[str, str], tuple[float, float]] = {}  # unanswered offers: next look, backoff
         self._start_deaths: dict[tuple[str, str], int] = {}  # instances dead before connecting, in a row
         self._all: set[Instance] = set()
         self._by_token: dict[str, Instance] = {}
@@ -294,6 +295,8 @@ class Engine(Dispatcher, Timers, InstanceIO):
             item = self._inbox.popleft()
             getattr(self, "_cmd_" + item[0])(*item[1:])
         timeout = self._run_timers()
+        if self._offering:
+            timeout = min(timeout, self._poll_claims())
         if self._need_dispatch:  # capacity was freed somewhere: never dispatch re-entrantly
             self._need_dispatch = False
             self._dispatch_waiting()
@@ -401,8 +404,8 @@ class Engine(Dispatcher, Timers, InstanceIO):
 
     def _cmd_retire(self, key: tuple[str, str]) -> None:
         for inst in list(self._pools.get(key, ())):
-            if inst.event is None:
-                self._kill(inst, None)
+            if inst.state == IDLE:
+                self._kill_idle(inst)
 
     def _cmd_close(self) -> None:
         self._closing = True

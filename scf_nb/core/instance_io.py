@@ -76,7 +76,6 @@ class InstanceIO(LeftoverOutput):
         _spawner: Any
 
         clock: Any
-        def _send_run(self, inst: Instance) -> None: ...
         _queues: dict[tuple[str, str], Any]
 
         def _dispatch(self, key: tuple[str, str]) -> None: ...
@@ -150,17 +149,11 @@ class InstanceIO(LeftoverOutput):
                 self._load(inst)
             except (OSError, ValueError):  # gone already: its event (if any) fails to send too, and goes back
                 self._broken(inst)
-        if inst.event is not None:
-            with self.store.lock:
-                inst.event.instance_pid = inst.pid
-                self.store.changed(inst.event)
-            self._send_run(inst)
-        else:
-            inst.state = IDLE
-            inst.idle_since = time.monotonic()
-            if inst.fn is not None:
-                self._steal(inst)  # events may wait behind a busy instance of its function
-                self._need_dispatch = True  # or in the FIFO (its own event was terminated while it started)
+        inst.state = IDLE  # no event is offered to an instance before it has connected
+        inst.idle_since = time.monotonic()
+        if inst.fn is not None:
+            self._steal(inst)  # events may wait behind a busy instance of its function
+            self._need_dispatch = True  # or in the FIFO
 
     def _on_conn(self, fd: int, inst: Instance) -> bool:
         """Read what the instance sent; True if anything came."""
@@ -189,7 +182,56 @@ class InstanceIO(LeftoverOutput):
             handled = True
             if msg[0] == "done":
                 self._on_done(inst, msg)
+            elif msg[0] == "read":
+                self._on_read(inst, msg)
         return handled
+
+    def _started(self, inst: Instance, seq: int, claimed_at: float) -> None:
+        """The idle ``inst`` claimed record ``seq`` (the records say so, or its "done" does): it runs that event
+        from the moment of the claim."""
+        ahead = self._ahead[inst.key]
+        ahead.unoffer(inst)
+        nxt = self._claimed(inst, seq)
+        if nxt is None:
+            return
+        if inst.state != IDLE:  # being stopped (it claimed before it could be banned): the event dies with it
+            self._end(nxt, Status.FAILED, error_type="InstanceDied", exit_reason="instance died",
+                      error_message="the instance was being stopped as it started the event")
+            return
+        inst.state = BUSY
+        self._begin(inst, nxt, self._from_wall(claimed_at))
+        self._feed(inst, ahead)  # it must hold every pending run before it may claim one at its end
+
+    def _sync_claims(self, key: tuple[str, str] | None) -> bool:
+        """Bind the events that idle instances of function ``key`` have claimed: a worker that claims while idle
+        runs at once and says nothing until its "done" (the claim is in the records). False: the records
+        could not be read now (a worker holds their lock), ask again shortly."""
+        ahead = self._ahead.get(key) if key is not None else None
+        if ahead is None or not ahead.pending:
+            return True
+        idle = {i.number: i for i in self._pools.get(key, ()) if i.event is None and i.sent_upto
+                and i.state in (IDLE, DYING)}
+        if not idle:
+            return True
+        claims = ahead.shared.claims([seq for _, seq, _ in ahead.pending])
+        if claims is None:
+            return False
+        for seq in sorted(claims):
+            owner, at = claims[seq]
+            inst = idle.get(owner)
+            if inst is not None and inst.event is None:
+                self._started(inst, seq, at)
+        return True
+
+    def _on_read(self, inst: Instance, msg: tuple[Any, ...]) -> None:
+        """The idle ``inst`` read the runs it was offered and claimed none (others took them first, they were
+        taken back, or it is banned)."""
+        self._read_up_to(inst, msg[1])
+        ahead = self._ahead.get(inst.key) if inst.key is not None else None
+        if ahead is not None and msg[1] >= inst.offer_at:
+            ahead.unoffer(inst)
+        if inst.state == IDLE:
+            self._need_dispatch = True
 
     def _on_done(self, inst: Instance, msg: tuple[Any, ...]) -> None:
         if msg[-1]:  # the event left processes behind: the pipes it ran with are theirs now, new ones came
@@ -247,7 +289,7 @@ class InstanceIO(LeftoverOutput):
         if inst.conn_fd in inst.open_fds and self._may_claim(inst):
             # The event sent ahead may be running already: then the "done" of the one before it is waiting on
             # the socket (sent before the next one started), and must be read first, so that what is in the
-            # pipe after it goes to the right event.
+            # pipe after it goes to the right event; idle, it may have claimed one (the records say).
             self._on_conn(inst.conn_fd, inst)
         splitter = inst.streams.get(fd)
         if splitter is None or fd not in inst.open_fds:
@@ -284,11 +326,26 @@ class InstanceIO(LeftoverOutput):
                 return
         self._store_lines(inst, splitter, items)  # type: ignore[arg-type]
 
-    def _store_lines(self, inst: Instance, splitter: LineSplitter, lines: list[str]) -> None:
+    def _store_lines(self, inst: Instance, splitter: LineSplitter, lines: list[str], sure: bool = False) -> None:
+        if not lines:
+            return
+        if not sure and (inst.unbound or inst.event is None and self._may_claim(inst)
+                         and not self._sync_claims(inst.key)):
+            # it may have claimed an event while idle (these would be its lines), and the records cannot be
+            # read now: keep them (and what comes after them) until they can
+            if not inst.unbound:
+                self._schedule(_CAUSE_RETRY_S, "unbound", inst)
+            inst.unbound.append((splitter, lines))
+            return
         ev = inst.event or inst.last_event
-        if lines and ev is not None:
+        if ev is not None:
             self.store.add_lines(ev.key, ev.log_seq + 1, self.clock(), splitter.stream, lines)
             ev.log_seq += len(lines)
+
+    def _timer_unbound(self, inst: Instance) -> None:
+        held, inst.unbound = inst.unbound, []
+        for splitter, lines in held:
+            self._store_lines(inst, splitter, lines)
 
     def _close_fd(self, inst: Instance, fd: int) -> None:
         if fd not in inst.open_fds:
@@ -358,6 +415,11 @@ class InstanceIO(LeftoverOutput):
             if splitter.held:
                 held, splitter.held = splitter.held, []
                 self._store_lines(inst, splitter, [x for x in held if x is not None])
+        if inst.event is None:
+            self._sync_claims(inst.key)  # it claimed while idle: that event may have run, and dies with it
+        held, inst.unbound = inst.unbound, []
+        for splitter, lines in held:  # (the records could not be read: the best guess)
+            self._store_lines(inst, splitter, lines, sure=True)
         ev, inst.event = inst.event, None
         if ev is not None and not ev.status.is_terminal:
             out = inst.outcome
@@ -401,14 +463,16 @@ class InstanceIO(LeftoverOutput):
     def _try_complete(self, inst: Instance) -> None:
         """An event ends when its "done" message and the END marker on both pipes have all arrived, so every
         line it printed is stored before its terminal status."""
-        while inst.dones and inst.event is not None:  # an event sent ahead may have ended right after
-            if not self._complete_one(inst):
+        while inst.dones:  # an event sent ahead may have ended right after
+            if inst.event is None and inst.dones[0][-1] is not None:  # claimed while idle, not bound yet
+                self._started(inst, *inst.dones[0][-1])
+            if inst.event is None or not self._complete_one(inst):
                 return
 
     def _complete_one(self, inst: Instance) -> bool:
         """End ``inst``'s current event with the first "done" waiting, if its END markers are in too."""
         (_, status, payload, duration_ms, mem, drained, claimed, claimed_at, received, ended_at, init_ms,
-         pickled) = inst.dones[0]
+         pickled, _own) = inst.dones[0]
         if drained:  # the pipes were empty when it ended: all its lines are read, and no END markers come
             for splitter in inst.streams.values():
                 if not splitter.ended:

@@ -53,6 +53,7 @@ class Timers:
         def _has_pending(self, inst: Instance) -> bool: ...
         def _unban(self, inst: Instance) -> None: ...
         def _kill(self, inst: Instance, outcome: Outcome | None, sig: int = ..., grace: float = ...) -> None: ...
+        def _kill_idle(self, inst: Instance) -> bool: ...
         def _end(self, ev: EventState, status: Status, **fields: Any) -> None: ...
 
     _memory: MemoryCgroups
@@ -92,7 +93,7 @@ class Timers:
                 if inst.state == STARTING and now - inst.started_at > _START_TIMEOUT_S:
                     self._kill(inst, None)
             elif inst.state == IDLE and now - inst.idle_since > self.config.idle_instance_seconds:
-                self._kill(inst, None)
+                self._kill_idle(inst)
             elif inst.state == STARTING and now - inst.started_at > _START_TIMEOUT_S:
                 self._kill(inst, Outcome(Status.FAILED, "InstanceStartError",
                                          f"the instance did not start within {_START_TIMEOUT_S:g} s", "start"))

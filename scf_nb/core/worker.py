@@ -7,7 +7,8 @@ The engine submits :func:`serve` once per instance; it never returns while the i
     Unix socket  <---- connect, send_fds(r1, r2) ----  fd 1 := pipe w1, fd 2 := pipe w2
                                                        (a spare waits here, warm, for any function)
     same socket  ----- ("load", code, env, ...) ---->  set the function's environment
-    (wire.py)    ----- ("run", request_id, ...) ---->  [cold: exec the function's code once]
+    (wire.py)    ----- ("run", request_id, ..., record) -> offered: claim it (ahead.py), if nobody has
+                                                       [cold: exec the function's code once]
                                                        handler(event, context)
     pipes r1/r2  <---- every byte the event writes --  print, logging, C code, child processes
     pipes r1/r2  <---- END marker on each stream ----  (after flushing Python's stdio)
@@ -16,7 +17,8 @@ The engine submits :func:`serve` once per instance; it never returns while the i
     same socket  <---- ("done", status, ...) ---------  the result (JSON text, and a pickle where JSON
                                                        would lose it), durations of the event and cold start
     same socket  ----- ("run", ..., record) -------->  sent ahead while busy: started right after the
-                                                       current event, if claimed first (ahead.py)
+                                                       current event, if claimed first
+    same socket  <---- ("read", runs read) ----------  idle, offered runs that others took first
 
 The read ends of the pipes live in the engine: what an event wrote before its process was killed is still in
 the pipe and is read to EOF, so no line is lost or given to another event. An event that leaves a process
@@ -132,17 +134,21 @@ def serve(address: str, token: str) -> None:
     while True:
         while runner.inbox:
             msg = runner.inbox.popleft()
-            if msg[0] == "run":
-                if msg[5] is None:  # for us: run it (and then whatever we claim after it)
-                    runner.run(*msg[1:5])
-                else:  # sent ahead (to every busy instance): a candidate for the end of our next event
-                    runner.candidates.append(msg)
-                    runner.received += 1
+            if msg[0] == "run":  # offered (to every busy instance, and to one idle one): a candidate to claim
+                runner.candidates.append(msg)
+                runner.received += 1
+                runner.fresh = True
+            elif msg[0] == "poke":  # offered a run we hold already (we could not claim it when it came)
+                runner.fresh = True  # (with nothing held, it answers "read")
             elif msg[0] == "load":
                 runner.spec = msg[1]
                 os.environ.update(runner.spec["env"])
             elif msg[0] == "stop":
                 return
+        if runner.fresh:  # (banned, we keep what we hold undecided, and look again when more comes)
+            runner.fresh = False
+            runner.start_claimed()  # then whatever we claim at each end; what came meanwhile is in the inbox
+            continue
         try:
             data = sock.recv(_RECV_BYTES)
         except BlockingIOError:  # SO_RCVTIMEO: nothing came for a while
@@ -199,7 +205,8 @@ class _Runner:
         self.side = side  # new capture pipes go to the engine over it (an event left a process behind)
         self.reader = wire.Reader()
         self.inbox: deque[tuple[Any, ...]] = deque()  # received, not handled yet
-        self.candidates: list[tuple[Any, ...]] = []  # runs sent ahead, in order: one may be claimed at an end
+        self.candidates: list[tuple[Any, ...]] = []  # runs offered, in order: one may be claimed
+        self.fresh = False  # runs came since we last tried to claim one while idle
         self.received = 0  # runs sent ahead that we have read: the engine counts what is still in our socket
         self.claims: Claims | None = None
         self.failed = False  # an event did not return: this instance is being replaced, start nothing more
@@ -212,15 +219,28 @@ class _Runner:
             self.running = False
             raise Terminated()
 
-    def run(self, request_id: str, event_json: str, qualifier: str, version: str) -> None:
-        """Run one event, then, as long as we claim one, the oldest event sent ahead that nobody started."""
+    def start_claimed(self) -> None:
+        """Idle, with runs offered: claim the oldest that nobody started and run it, then whatever we claim at
+        each end; or say that we read them and claimed none. The claim itself tells the engine (it reads the
+        records), so nothing is sent before the event runs: its "done" names it too."""
+        nxt, claimed_at = self._claim_candidates()
+        if nxt is None:
+            self.sock.sendall(wire.frame(("read", self.received)))
+            return
+        self.run(*nxt[1:5], own=(nxt[5], claimed_at))
+
+    def run(self, request_id: str, event_json: str, qualifier: str, version: str,
+            own: tuple[int, float] | None = None) -> None:
+        """Run one claimed event, then, as long as we claim one, the oldest offered event nobody started."""
         while True:
-            nxt = self._run_one(request_id, event_json, qualifier, version)
+            nxt = self._run_one(request_id, event_json, qualifier, version, own)
             if nxt is None:
                 return
             _, request_id, event_json, qualifier, version, _seq = nxt
+            own = None  # the "done" before it named it
 
-    def _run_one(self, request_id: str, event_json: str, qualifier: str, version: str) -> tuple[Any, ...] | None:
+    def _run_one(self, request_id: str, event_json: str, qualifier: str, version: str,
+                 own: tuple[int, float] | None) -> tuple[Any, ...] | None:
         _reset_peak_memory(bool(self.spec.get("memory")))
         timeout = self.spec["timeout"]
         ctx = Context(self.spec["context"], request_id=request_id, qualifier=qualifier, function_version=version,
@@ -267,12 +287,12 @@ class _Runner:
         memory = _peak_memory() if long or limited else _resident_memory()
         outcome = self._within_memory(outcome, memory)  # before the claim: an instance over it claims nothing
         ended_at = time.time()  # before the claim: the next event's start is later
+        if time.monotonic() - _last_reap[0] > _REAP_EVERY_S:
+            _reap_orphans()  # (a scan of /proc: not between a claim and the start of what it claimed)
         nxt, claimed_at = self._claim()
         self.sock.sendall(wire.frame(("done", outcome[0], outcome[1], duration_ms, memory, drained,
                                       None if nxt is None else nxt[5], claimed_at, self.received, ended_at,
-                                      init_ms, pickled, rotated)))
-        if time.monotonic() - _last_reap[0] > _REAP_EVERY_S:
-            _reap_orphans()
+                                      init_ms, pickled, own, rotated)))
         return nxt
 
     def _claim(self) -> tuple[tuple[Any, ...] | None, float]:
@@ -290,12 +310,18 @@ class _Runner:
         except OSError:  # the engine is gone: the serve loop sees it next
             pass
         for msg in msgs:
-            if msg[0] == "run" and msg[5] is not None:
+            if msg[0] == "run":
                 self.candidates.append(msg)
                 self.received += 1
             else:
                 self.inbox.append(msg)
+        return self._claim_candidates()
+
+    def _claim_candidates(self) -> tuple[tuple[Any, ...] | None, float]:
+        """Claim the first offered run that is still PENDING (the oldest waiting event of this function),
+        unless we are being replaced; drop those that are decided."""
         if not self.candidates or self.failed:
+            self.candidates.clear()
             return None, 0.0
         if self.claims is None:
             self.claims = Claims(self.spec["records"], self.spec["number"])
