@@ -10,12 +10,22 @@ at every cold start, stay light.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .core.errors import EventAborted as EventAborted
 from .core.errors import FunctionError as FunctionError
 from .core.errors import ScfError as ScfError
 from .core.status import Status as Status
+
+if TYPE_CHECKING:  # what __getattr__ loads on first use, for type checkers: the real signatures
+    from .api import (client, configure, create_function, delete_function, export, get_event, get_event_status,
+                      get_function, invoke, list_events, list_functions, logs, overview, publish_version, purge,
+                      search_logs, shutdown, terminate, wait)
+    from .core.client import Client
+    from .core.config import Config
+    from .core.events import Event
+    from .core.functions import Function
+    from .core.protocol import ClientProtocol
 
 __version__ = "0.1.0"
 
@@ -25,7 +35,7 @@ _API = {
     "logs", "search_logs", "export", "purge",
 }
 _TYPES = {"Event": ".core.events", "Function": ".core.functions", "Client": ".core.client",
-          "Config": ".core.config"}
+          "ClientProtocol": ".core.protocol", "Config": ".core.config"}
 
 __all__ = sorted(_API | set(_TYPES) | {"ScfError", "FunctionError", "EventAborted", "Status",
                                        "load_ipython_extension", "unload_ipython_extension"})

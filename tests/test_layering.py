@@ -130,3 +130,12 @@ def test_only_the_store_layer_holds_sql() -> None:
         if name not in STORE_LAYER and sql_texts(path.read_text()):
             outside[name] = sql_texts(path.read_text())
     assert outside == {}
+
+
+def test_only_the_api_chooses_the_client() -> None:
+    """Nothing outside ``scf_nb.api`` (and the core itself) makes a Client or an Engine or reaches for one."""
+    for path in sorted(PACKAGE.glob("*.py")):
+        if path.name == "api.py":
+            continue
+        text = path.read_text()
+        assert not re.search(r"\b(Client|Engine)\(|\.engine\b|\b_client\b", text), path.name

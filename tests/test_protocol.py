@@ -11,12 +11,16 @@ from typing import Any, Callable
 
 import pytest
 
+import scf_nb
 from conftest import GATE, wait_until
+from scf_nb import api
 from scf_nb.core.client import Client
 from scf_nb.core.events import Event
 from scf_nb.core.protocol import ClientProtocol, WaitResult, members
 
 MEMBERS = members()
+# the protocol's methods that are not module-level functions: the handle's own, and the client's life
+NOT_MODULE_LEVEL = {"closed", "close", "event_status", "event_info", "wait_event", "event_result", "terminate_event"}
 
 WORK = GATE + '''
 def main_handler(event, context):
@@ -142,3 +146,54 @@ def test_a_second_client_of_the_protocol_alone_drives_events_end_to_end(scf: Any
     with pytest.raises(scf.ScfError) as e:
         relay.get_event_status(untraced.request_id)
     assert e.value.code == "ResourceNotFound.AsyncEvent"
+
+
+def test_module_functions_are_real_functions_with_the_protocol_signatures() -> None:
+    module_level = sorted(scf_nb._API - {"configure", "client", "shutdown"})
+    assert set(module_level) == set(MEMBERS) - NOT_MODULE_LEVEL
+    for name in module_level:
+        fn = getattr(scf_nb, name)
+        assert inspect.isfunction(fn) and fn.__module__ == "scf_nb.api" and not hasattr(fn, "__wrapped__"), name
+        code = fn.__code__  # what mypy reads: the function's own parameters, not a __signature__ laid over them
+        own = code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]
+        assert list(own) == [p.name for p in _params(getattr(ClientProtocol, name), True)], name
+        assert _params(fn, False) == _params(getattr(ClientProtocol, name), True), name
+        assert (inspect.signature(fn, eval_str=True).return_annotation
+                == inspect.signature(getattr(ClientProtocol, name), eval_str=True).return_annotation), name
+        assert fn.__doc__ and fn.__doc__ == getattr(ClientProtocol, name).__doc__, name
+
+
+def test_every_module_function_calls_the_client_that_client_chooses(scf: Any, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    relay = Relay(scf.client())
+    monkeypatch.setattr(api, "client", lambda: relay)
+    scf.create_function("work", WORK, async_run=True)
+    scf.publish_version("work")
+    scf.get_function("work")
+    scf.list_functions()
+    ev = scf.invoke("work", {"n": 1})
+    scf.wait([ev], timeout=60)
+    scf.get_event(ev.request_id)
+    scf.get_event_status(ev.request_id)
+    scf.list_events(status="FINISHED")
+    scf.overview()
+    scf.logs(ev.request_id)
+    scf.search_logs("done")
+    scf.export(tmp_path / "export")
+    scf.purge()
+    held = scf.invoke("work", {"n": 2, "gate": str(tmp_path / "gate")})
+    scf.terminate(held.request_id)
+    scf.create_function("gone", WORK, async_run=True)
+    scf.delete_function("gone")
+    module_level = scf_nb._API - {"configure", "client", "shutdown"}
+    assert module_level <= set(relay.calls), module_level - set(relay.calls)
+
+
+def test_type_checkers_see_every_public_name_of_the_package() -> None:
+    """``scf_nb`` loads its API lazily (``__getattr__``, typed ``Any``); its ``TYPE_CHECKING`` imports give
+    mypy the real functions and types instead, and must name every one of them."""
+    tree = ast.parse(Path(inspect.getfile(scf_nb)).read_text())
+    block = next(node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
+    seen = {alias.asname or alias.name for node in block.body if isinstance(node, ast.ImportFrom)
+            for alias in node.names}
+    assert seen == scf_nb._API | set(scf_nb._TYPES)

@@ -89,6 +89,7 @@ def test_the_same_errors_through_the_client(scf: Any) -> None:
     assert raised(lambda: scf.search_logs("")) == raised(lambda: SearchFilter(""))
     assert raised(lambda: scf.overview(since="yesterday-ish")) == raised(
         lambda: OverviewFilter(since="yesterday-ish"))
+    assert scf.search_logs("HI", limit=None)["line"].tolist() == ["hi"]  # all lines (was a DuckDB error)
     # an unknown id is named before a bad filter
     assert raised(lambda: scf.logs("nope", stream="both"))[0] == "ResourceNotFound.AsyncEvent"
 
