@@ -10,12 +10,38 @@ at every cold start, stay light.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .core.errors import EventAborted as EventAborted
 from .core.errors import FunctionError as FunctionError
 from .core.errors import ScfError as ScfError
 from .core.status import Status as Status
+
+if TYPE_CHECKING:  # what __getattr__ loads on first use, for type checkers: the real signatures
+    from .api import client as client
+    from .api import configure as configure
+    from .api import create_function as create_function
+    from .api import delete_function as delete_function
+    from .api import export as export
+    from .api import get_event as get_event
+    from .api import get_event_status as get_event_status
+    from .api import get_function as get_function
+    from .api import invoke as invoke
+    from .api import list_events as list_events
+    from .api import list_functions as list_functions
+    from .api import logs as logs
+    from .api import overview as overview
+    from .api import publish_version as publish_version
+    from .api import purge as purge
+    from .api import search_logs as search_logs
+    from .api import shutdown as shutdown
+    from .api import terminate as terminate
+    from .api import wait as wait
+    from .core.client import Client as Client
+    from .core.config import Config as Config
+    from .core.events import Event as Event
+    from .core.functions import Function as Function
+    from .core.protocol import ClientProtocol as ClientProtocol
 
 __version__ = "0.1.0"
 
@@ -25,7 +51,7 @@ _API = {
     "logs", "search_logs", "export", "purge",
 }
 _TYPES = {"Event": ".core.events", "Function": ".core.functions", "Client": ".core.client",
-          "Config": ".core.config"}
+          "ClientProtocol": ".core.protocol", "Config": ".core.config"}
 
 __all__ = sorted(_API | set(_TYPES) | {"ScfError", "FunctionError", "EventAborted", "Status",
                                        "load_ipython_extension", "unload_ipython_extension"})

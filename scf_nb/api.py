@@ -1,17 +1,23 @@
-"""The module-level API: ``scf_nb.invoke(...)`` and friends, bound to one default client whose engine runs
-in this process (embedded). The engine starts on first use with ``configure``'s settings."""
+"""The module-level API: ``scf_nb.invoke(...)`` and friends, each calling the same method of the default
+client, which ``client()`` alone chooses: today an embedded one (``core.client.Client``), whose engine runs in
+this process and starts on first use with ``configure``'s settings. The functions have the protocol's
+signatures and docstrings (``core.protocol.ClientProtocol``; a test keeps them equal)."""
 
 from __future__ import annotations
 
-import functools
-import inspect
 import threading
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
 
 from .core.client import Client
 from .core.config import LIVE_SETTINGS, Config, from_environment
 from .core.engine import Engine
 from .core.errors import ScfError
+from .core.events import Event
+from .core.functions import LATEST, Function
+from .core.protocol import ClientProtocol, WaitResult, documented
 
 _lock = threading.RLock()
 _client: Client | None = None
@@ -41,7 +47,7 @@ def configure(*, force: bool = False, **settings: Any) -> Config:
     """
     with _lock:
         config = from_environment().updated(**{**_settings, **settings})
-        engine = _client.engine if _client is not None and not _client.engine._closed else None
+        engine = _client.engine if _client is not None and not _client.closed else None
         if engine is not None and settings:
             changed = config.differences(engine.config)
             restart = [name for name in changed if name not in LIVE_SETTINGS]
@@ -72,11 +78,19 @@ def _busy(restart: list[str], ids: list[str]) -> ScfError:
         f"a restart: {', '.join(sorted(LIVE_SETTINGS))}")
 
 
-def client() -> Client:
-    """The default client, starting its engine if needed."""
+def client() -> ClientProtocol:
+    """The default client, starting its engine if needed: the one place that chooses which client the
+    module-level functions use (an embedded ``Client`` has the engine as ``.engine``)."""
+    c = _client
+    if c is not None and not c.closed:  # the common case, without the lock
+        return c
+    return _embedded()
+
+
+def _embedded() -> Client:
     global _client
     with _lock:
-        if _client is None or _client.engine._closed:
+        if _client is None or _client.closed:
             _client = Client(Engine(configure()))
         return _client
 
@@ -90,35 +104,95 @@ def shutdown() -> None:
             _client = None
 
 
-def _bound(name: str) -> Callable[..., Any]:
-    method = getattr(Client, name)
-
-    @functools.wraps(method)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        c = _client
-        if c is None or c.engine._closed:
-            c = client()
-        return getattr(c, name)(*args, **kwargs)
-
-    sig = inspect.signature(method)
-    call.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:])  # type: ignore[attr-defined]
-    del call.__wrapped__  # type: ignore[attr-defined]
-    return call
+# The module-level functions: the protocol's methods on the default client. Each one's docstring is the
+# protocol's (``documented``), so the contract is written once.
+@documented
+def create_function(name: str, code: str, *, async_run: bool = False, trace: bool = True,
+                    timeout: float | None = None, concurrency: int | None = None, qps_limit: float | None = None,
+                    handler: str = "main_handler", namespace: str = "default", env: dict[str, str] | None = None,
+                    memory_mb: int | None = None, description: str = "") -> Function:
+    return client().create_function(name, code, async_run=async_run, trace=trace, timeout=timeout,
+                                    concurrency=concurrency, qps_limit=qps_limit, handler=handler,
+                                    namespace=namespace, env=env, memory_mb=memory_mb, description=description)
 
 
-create_function = _bound("create_function")
-publish_version = _bound("publish_version")
-get_function = _bound("get_function")
-list_functions = _bound("list_functions")
-delete_function = _bound("delete_function")
-invoke = _bound("invoke")
-wait = _bound("wait")
-get_event = _bound("get_event")
-get_event_status = _bound("get_event_status")
-list_events = _bound("list_events")
-overview = _bound("overview")
-terminate = _bound("terminate")
-logs = _bound("logs")
-search_logs = _bound("search_logs")
-export = _bound("export")
-purge = _bound("purge")
+@documented
+def publish_version(name: str, *, namespace: str = "default", description: str = "") -> str:
+    return client().publish_version(name, namespace=namespace, description=description)
+
+
+@documented
+def get_function(name: str, *, namespace: str = "default", qualifier: str = LATEST) -> Function:
+    return client().get_function(name, namespace=namespace, qualifier=qualifier)
+
+
+@documented
+def list_functions(*, namespace: str | None = None) -> pd.DataFrame:
+    return client().list_functions(namespace=namespace)
+
+
+@documented
+def delete_function(name: str, *, namespace: str = "default") -> None:
+    client().delete_function(name, namespace=namespace)
+
+
+@documented
+def invoke(name: str, event: Any = None, *, qualifier: str = LATEST, namespace: str = "default") -> Event:
+    return client().invoke(name, event, qualifier=qualifier, namespace=namespace)
+
+
+@documented
+def wait(events: Iterable[Event | str], *, timeout: float | None = None) -> WaitResult:
+    return client().wait(events, timeout=timeout)
+
+
+@documented
+def get_event(request_id: str) -> Event:
+    return client().get_event(request_id)
+
+
+@documented
+def get_event_status(request_id: str) -> str:
+    return client().get_event_status(request_id)
+
+
+@documented
+def list_events(function: str | None = None, *, namespace: str | None = None, qualifier: str | None = None,
+                status: str | Iterable[str] | None = None, invoke_type: str | Iterable[str] | None = None,
+                request_id: str | None = None, start_time: tuple[Any, Any] | None = None,
+                end_time: tuple[Any, Any] | None = None, order: str = "DESC", orderby: str = "StartTime",
+                offset: int = 0, limit: int | None = 20) -> pd.DataFrame:
+    return client().list_events(function, namespace=namespace, qualifier=qualifier, status=status,
+                                invoke_type=invoke_type, request_id=request_id, start_time=start_time,
+                                end_time=end_time, order=order, orderby=orderby, offset=offset, limit=limit)
+
+
+@documented
+def overview(function: str | None = None, *, namespace: str | None = None, since: Any = None) -> pd.DataFrame:
+    return client().overview(function, namespace=namespace, since=since)
+
+
+@documented
+def terminate(request_id: str, *, grace: bool = False, wait: bool = True) -> str:
+    return client().terminate(request_id, grace=grace, wait=wait)
+
+
+@documented
+def logs(request_id: str, *, since_seq: int | None = None, stream: str | None = None) -> pd.DataFrame:
+    return client().logs(request_id, since_seq=since_seq, stream=stream)
+
+
+@documented
+def search_logs(text: str, *, function: str | None = None, namespace: str | None = None,
+                limit: int | None = 1000) -> pd.DataFrame:
+    return client().search_logs(text, function=function, namespace=namespace, limit=limit)
+
+
+@documented
+def export(path: str | Path) -> dict[str, int]:
+    return client().export(path)
+
+
+@documented
+def purge() -> int:
+    return client().purge()

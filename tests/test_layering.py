@@ -4,10 +4,13 @@ since this test process has long since imported everything."""
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from typing import Any
 
 from processes import kill_tagged, tagged_env
@@ -83,3 +86,56 @@ def main_handler(event, context):
 def test_an_instance_process_loads_no_pandas_duckdb_or_jupyter(scf: Any) -> None:
     scf.create_function("inspect", INSPECT, async_run=True)
     assert scf.invoke("inspect", {"watch": ["pandas", "duckdb", "pyarrow"] + JUPYTER}).result(timeout=60) == []
+
+
+# -- only the store runs SQL ------------------------------------------------------------------------------------
+PACKAGE = Path(__file__).resolve().parent.parent / "scf_nb"
+STORE_LAYER = {"core/store.py", "core/stats.py", "core/logbuffer.py", "core/query.py"}
+SQL = re.compile(r"\bSELECT\b[\s\S]*\bFROM\b|\bINSERT\s+INTO\b|\bUPDATE\s+\w+\s+SET\b|\bDELETE\s+FROM\b|"
+                 r"\b(CREATE|ALTER|DROP)\s+TABLE\b|\bCOPY\s*\(", re.IGNORECASE)
+
+
+def sql_texts(source: str) -> list[tuple[int, str]]:
+    """The string constants and f-string parts of ``source`` that read as SQL (docstrings left out)."""
+    tree = ast.parse(source)
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            text = "".join(v.value for v in node.values if isinstance(v, ast.Constant) and isinstance(v.value, str))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            text = node.value
+        else:
+            continue
+        if SQL.search(text):
+            found.append((node.lineno, text[:80]))
+    return found
+
+
+def test_the_sql_check_finds_sql() -> None:
+    assert sql_texts('q = "select a, b from events where x = ?"') == [(1, "select a, b from events where x = ?")]
+    assert sql_texts('q = f"DELETE FROM {table} WHERE k = ?"') != []
+    assert sql_texts('"""Delete from the store: SELECT x FROM y."""\nmsg = "pick one from the list"') == []
+    assert sql_texts((PACKAGE / "core" / "store.py").read_text())
+
+
+def test_only_the_store_layer_holds_sql() -> None:
+    """DESIGN.md: only the store runs SQL. Its layer is store.py, stats.py, logbuffer.py and query.py."""
+    outside = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = path.relative_to(PACKAGE).as_posix()
+        if name not in STORE_LAYER and sql_texts(path.read_text()):
+            outside[name] = sql_texts(path.read_text())
+    assert outside == {}
+
+
+def test_only_the_api_chooses_the_client() -> None:
+    """Nothing outside ``scf_nb.api`` (and the core itself) makes a Client or an Engine or reaches for one."""
+    for path in sorted(PACKAGE.glob("*.py")):
+        if path.name == "api.py":
+            continue
+        text = path.read_text()
+        assert not re.search(r"\b(Client|Engine)\(|\.engine\b|\b_client\b", text), path.name

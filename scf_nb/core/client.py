@@ -1,44 +1,52 @@
-"""The one client API. Magics, widgets, the server extension and the CLI call these methods and nothing
-below them; an HTTP client with the same methods can stand in for this in-process one."""
+"""The embedded client: ``protocol.ClientProtocol`` on an engine in this process. Magics, widgets, the server
+extension and the CLI call the protocol's methods and nothing below them; an HTTP client implementing the
+same protocol can stand in for this one. Each method's contract is its docstring in the protocol.
+
+Reads come from the engine's memory while an event is live, else from the store through ``query.py``, which
+also checks every filter, page and window: this module holds no SQL."""
 
 from __future__ import annotations
 
-import operator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple
+from typing import TYPE_CHECKING, Any, Iterable
 
 import pandas as pd
 
-from . import status as st
+from . import query
 from .engine import Engine
-from .errors import EventAborted, FunctionError, ScfError, invalid, not_found_event
+from .errors import EventAborted, FunctionError, ScfError, not_found_event
 from .events import Event
 from .functions import LATEST, Function, make_function
+from .protocol import WaitResult, documented
+from .query import EVENT_LIST_COLUMNS as EVENT_LIST_COLUMNS
+from .query import INFO_COLUMNS as _INFO_COLUMNS
 from .records import EventState, key_of
 from .results import decode as decode_result
-from .stats import overview_frame
 from .status import Status
 
-EVENT_LIST_COLUMNS = ("request_id", "function_name", "namespace", "qualifier", "invoke_type", "status",
-                      "start_time", "end_time", "duration_ms", "init_duration_ms", "billed_duration_ms",
-                      "mem_usage_bytes", "error_type", "error_message", "exit_reason")
-_INFO_COLUMNS = EVENT_LIST_COLUMNS[:7] + ("run_time",) + EVENT_LIST_COLUMNS[7:] + ("error_traceback", "result",
-                                                                                   "traced", "instance_pid")
+if TYPE_CHECKING:
+    from .protocol import ClientProtocol
+
+__all__ = ["Client", "WaitResult", "EVENT_LIST_COLUMNS"]
 
 
-class WaitResult(NamedTuple):
-    """What ``wait`` returns: the events that have ended and those that have not (each in the order given)."""
-
-    done: list[Event]
-    not_done: list[Event]
-
-
+@documented
 class Client:
-    """Event management on one engine. ``scf_nb``'s module functions call the default one."""
+    """Event management on one engine in this process. ``scf_nb``'s module functions call the default one
+    (``scf_nb.client()``).
+
+    Attributes:
+        engine: the engine (embedded clients only; not part of the protocol).
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called or the engine stopped."""
+        return self.engine._closed
 
     # -- functions ------------------------------------------------------------------------------------------
     def create_function(self, name: str, code: str, *, async_run: bool = False, trace: bool = True,
@@ -46,26 +54,18 @@ class Client:
                         qps_limit: float | None = None, handler: str = "main_handler",
                         namespace: str = "default", env: dict[str, str] | None = None,
                         memory_mb: int | None = None, description: str = "") -> Function:
-        """Register ``code`` as function ``name`` (its ``$LATEST``); the same name again updates it.
-
-        Raises:
-            ScfError: ``InvalidParameterValue.Code`` (syntax error, with the line), ``.Handler`` (no such
-                top-level function), ``.AsyncRunEnable`` (sync/async differs from creation), other bad values.
-        """
         fn = make_function(name, code, async_run=async_run, trace=trace, timeout=timeout,
                            concurrency=concurrency, qps_limit=qps_limit, handler=handler, namespace=namespace,
                            env=env, memory_mb=memory_mb, description=description)
         return self.engine.create_function(fn)
 
     def publish_version(self, name: str, *, namespace: str = "default", description: str = "") -> str:
-        """Snapshot ``$LATEST`` as an immutable version; returns its number ("1", "2", ...)."""
         return self.engine.publish_version(namespace, name, description).version
 
     def get_function(self, name: str, *, namespace: str = "default", qualifier: str = LATEST) -> Function:
         return self.engine.registry.get(namespace, name, qualifier)
 
     def list_functions(self, *, namespace: str | None = None) -> pd.DataFrame:
-        """One row per function version: name, namespace, version, async_run, trace, timeout, ..."""
         rows = [fn.as_dict() for fn in self.engine.registry.all() if namespace in (None, fn.namespace)]
         cols = ["name", "namespace", "version", "async_run", "trace", "timeout", "concurrency", "qps_limit",
                 "memory_mb", "handler", "description", "revision", "created_at", "updated_at"]
@@ -75,19 +75,11 @@ class Client:
         return frame.sort_values(["namespace", "name", "version"], ignore_index=True)
 
     def delete_function(self, name: str, *, namespace: str = "default") -> None:
-        """Delete a function and its versions (its event history stays). Refused while its events run."""
         self.engine.delete_function(namespace, name)
 
     # -- events ---------------------------------------------------------------------------------------------
     def invoke(self, name: str, event: Any = None, *, qualifier: str = LATEST,
                namespace: str = "default") -> Event:
-        """Invoke a function with ``event`` (JSON data). Async functions return at once with the event
-        QUEUED or RUNNING; sync ones return when it has ended.
-
-        Raises:
-            ScfError: ``ResourceNotFound.Function``, ``InvalidParameterValue.ClientContext`` (not JSON, or
-                over 128 KB async / 6 MB sync), ``LimitExceeded.Qps`` (rate limit; nothing recorded).
-        """
         ev = self.engine.invoke(name, event, str(qualifier), namespace)
         handle = Event(self, ev.request_id, name)
         if not ev.fn.async_run:
@@ -95,53 +87,40 @@ class Client:
         return handle
 
     def get_event(self, request_id: str) -> Event:
-        """A handle on any recorded event, of this session or an earlier one."""
         rec = self._record(request_id, traced_only=True)
         return Event(self, request_id, rec["function_name"])
 
     def get_event_status(self, request_id: str) -> str:
-        ev = self.engine.live(request_id)
-        if ev is not None:
-            if not ev.traced:
-                raise not_found_event(request_id)
-            return ev.status.value
-        key = key_of(request_id)
-        if key is None:
-            raise not_found_event(request_id)
-        rows = self.engine.store.rows("SELECT status, traced FROM events WHERE event_key = ? AND request_id = ?",
-                                      [key, request_id])
-        if not rows or not rows[0][1]:
-            raise not_found_event(request_id)
-        return rows[0][0]
+        return self._status(request_id, traced_only=True)
+
+    def event_status(self, request_id: str) -> str:
+        return self._status(request_id, traced_only=False)
+
+    def event_info(self, request_id: str) -> dict[str, Any]:
+        rec = self._record(request_id)
+        info = {c: rec.get(c) for c in _INFO_COLUMNS if c != "result"}
+        info["error"] = ({"type": rec["error_type"], "message": rec["error_message"],
+                          "traceback": rec["error_traceback"]} if rec["error_type"] else None)
+        return info
 
     def wait_event(self, request_id: str, timeout: float | None = None) -> str:
         ev = self.engine.live(request_id)
         if ev is not None:
             status = ev.status
             return (status if status.is_terminal else self.engine.wait(ev, timeout)).value
-        return self._status(request_id)
+        return self.event_status(request_id)
 
     def wait(self, events: Iterable[Event | str], *, timeout: float | None = None) -> WaitResult:
-        """Block until all ``events`` (Event handles or RequestIds) have ended, or ``timeout`` seconds passed:
-        one wait for many, as ``concurrent.futures.wait``.
-
-        Returns:
-            ``(done, not_done)``: the handles, each list in the order given.
-
-        Raises:
-            ScfError: ``ResourceNotFound.AsyncEvent`` for a RequestId that names no event.
-        """
         handles = [e if isinstance(e, Event) else self.get_event(e) for e in events]
         live = [(h, self.engine.live(h.request_id)) for h in handles]
         self.engine.wait_all([ev for _, ev in live if ev is not None], timeout)
-        done, not_done = [], []
+        done: list[Event] = []
+        not_done: list[Event] = []
         for h, ev in live:  # one that is not live has ended (it is on disk in its final state)
             (not_done if ev is not None and not ev.status.is_terminal else done).append(h)
         return WaitResult(done, not_done)
 
     def event_result(self, request_id: str, timeout: float | None = None) -> Any:
-        """What the handler returned (see ``results.decode``: the value itself wherever it can be unpickled
-        here, else its JSON form with a ``ResultWarning``), once the event has ended."""
         status = self.wait_event(request_id, timeout)
         if status == Status.FINISHED:
             return decode_result(*self._result_of(request_id), request_id)
@@ -154,147 +133,10 @@ class Client:
         raise TimeoutError(f"event {request_id} is still {status} after {timeout} s")
 
     def terminate(self, request_id: str, *, grace: bool = False, wait: bool = True) -> str:
-        """Stop a queued or running event; it becomes ABORTED and no other event is touched.
-
-        Args:
-            grace: SIGTERM first (the handler may catch it), SIGKILL after ``grace_seconds``.
-            wait: return only once the event is ABORTED (the default).
-
-        Raises:
-            ScfError: ``ResourceNotFound.AsyncEvent`` for an unknown id, ``FailedOperation.AsyncEventStatus``
-                for an event that has already ended.
-        """
         self._record(request_id, traced_only=True)
-        return self._terminate(request_id, grace, wait)
+        return self.terminate_event(request_id, grace=grace, wait=wait)
 
-    def list_events(self, function: str | None = None, *, namespace: str | None = None,
-                    qualifier: str | None = None, status: str | Iterable[str] | None = None,
-                    invoke_type: str | Iterable[str] | None = None, request_id: str | None = None,
-                    start_time: tuple[Any, Any] | None = None, end_time: tuple[Any, Any] | None = None,
-                    order: str = "DESC", orderby: str = "StartTime", offset: int = 0,
-                    limit: int | None = 20) -> pd.DataFrame:
-        """Events as a DataFrame, filtered as TencentCloud's ListAsyncEvents does.
-
-        Args:
-            status, invoke_type: one value or a list.
-            start_time, end_time: ``(start, end)``, left-closed right-open; either may be None; each a
-                datetime, a "%Y-%m-%d %H:%M:%S" string (local time) or epoch seconds.
-            order: "ASC" or "DESC"; orderby: "StartTime" or "EndTime"; limit None for all.
-        """
-        where, params = ["traced"], []
-        for column, value in (("function_name", function), ("namespace", namespace), ("qualifier", qualifier),
-                              ("request_id", request_id)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(str(value))
-        if status is not None:
-            try:
-                values = [st.parse(s).value for s in _as_list(status, "status")]
-            except ValueError as e:
-                raise invalid("Status", str(e)) from None
-            where.append(f"status IN ({', '.join('?' * len(values))})")
-            params += values
-        if invoke_type is not None:
-            values = _as_list(invoke_type, "invoke_type")
-            if not set(values) <= {"Event", "RequestResponse"}:
-                raise invalid("InvokeType", f"invoke_type must be 'Event' (async) or 'RequestResponse' (sync), "
-                                            f"got {invoke_type!r}")
-            where.append(f"invoke_type IN ({', '.join('?' * len(values))})")
-            params += values
-        for column, interval in (("start_time", start_time), ("end_time", end_time)):
-            _time_interval(column, interval, where, params)
-        direction = str(order).upper()
-        if direction not in ("ASC", "DESC"):
-            raise invalid("Order", f"order must be 'ASC' or 'DESC', got {order!r}")
-        columns = {"StartTime": "start_time", "EndTime": "end_time"}
-        if orderby not in columns:
-            raise invalid("Orderby", f"orderby must be 'StartTime' or 'EndTime', got {orderby!r}")
-        offset, limit = _page(offset, limit)
-        sql = (f"SELECT {', '.join(EVENT_LIST_COLUMNS)} FROM events WHERE {' AND '.join(where)} "
-               f"ORDER BY {columns[orderby]} {direction} NULLS LAST, event_key {direction}")
-        if limit is not None:
-            sql += f" LIMIT {limit}"
-        sql += f" OFFSET {offset}"
-        return self.engine.store.query(sql, params)
-
-    def overview(self, function: str | None = None, *, namespace: str | None = None,
-                 since: Any = None) -> pd.DataFrame:
-        """One row per status (QUEUED, RUNNING, FINISHED, FAILED, ABORTED; zero when none) with ``count`` and
-        duration statistics in ms: ``avg_duration_ms``, ``p50_duration_ms``, ``p95_duration_ms``,
-        ``max_duration_ms`` (NaN where no event has a duration).
-
-        Without ``since`` it reads running aggregates the store keeps (no scan of the table): counts, avg and
-        max are exact; p50/p95 are estimated from a log-scale histogram (16 buckets per doubling) and are
-        within 2.2 % of the exact ``quantile_cont`` value for durations from 1 us to ~35 years (a duration
-        under 1 us counts as 0). With ``since`` (events that started at or after it) all of it is computed
-        exactly by a query.
-        """
-        if since is None:
-            return overview_frame(self.engine.store.overview(namespace, function))
-        where, params = ["traced"], []
-        if function is not None:
-            where.append("function_name = ?")
-            params.append(function)
-        if namespace is not None:
-            where.append("namespace = ?")
-            params.append(namespace)
-        where.append("start_time >= to_timestamp(?)")
-        params.append(_epoch(since, "since"))
-        rows = self.engine.store.rows(
-            "SELECT status, n, a, q[1], q[2], m FROM (SELECT status, count(*) AS n, avg(duration_ms) AS a, "
-            "quantile_cont(duration_ms, [0.5, 0.95]) AS q, max(duration_ms) AS m FROM events "
-            f"WHERE {' AND '.join(where)} GROUP BY status)", params)
-        return overview_frame({r[0]: r[1:] for r in rows})
-
-    def logs(self, request_id: str, *, since_seq: int | None = None, stream: str | None = None) -> pd.DataFrame:
-        """The event's lines in ``seq`` order: columns ``seq, ts, stream, line``. ``since_seq`` returns only
-        the lines after that one, so a caller can follow a running event. The logs of an untraced event
-        (``trace=False``) are found too: as in SCF, logs are kept whatever status tracking says.
-
-        Raises:
-            ScfError: ``ResourceNotFound.AsyncEvent`` for a RequestId that names no event (or one purged).
-        """
-        return self._logs(request_id, since_seq, stream)
-
-    def search_logs(self, text: str, *, function: str | None = None, namespace: str | None = None,
-                    limit: int = 1000) -> pd.DataFrame:
-        """Lines containing ``text`` (case-insensitive), newest events first, with their RequestId; untraced
-        events' lines too."""
-        if not isinstance(text, str) or not text:
-            raise invalid("SearchText", "search_logs needs a non-empty string")
-        where, params = ["contains(lower(l.line), lower(?))"], [text]
-        if function is not None:
-            where.append("e.function_name = ?")
-            params.append(function)
-        if namespace is not None:
-            where.append("e.namespace = ?")
-            params.append(namespace)
-        _, limit = _page(0, limit)
-        return self.engine.store.query(
-            "SELECT e.request_id, e.function_name, l.seq, l.ts, l.stream, l.line FROM logs l "
-            f"JOIN events e USING (event_key) WHERE {' AND '.join(where)} "
-            f"ORDER BY l.event_key DESC, l.seq LIMIT {limit}", params)
-
-    def export(self, path: str | Path) -> dict[str, int]:
-        """Write events, logs and functions as Parquet files into folder ``path``; returns row counts.
-        Use it to keep records past the retention window."""
-        return self.engine.store.export(Path(path))
-
-    def purge(self) -> int:
-        """Apply the retention window now (the engine also does it on its own); returns events deleted."""
-        return self.engine.purge()
-
-    def close(self) -> None:
-        self.engine.close()
-
-    # -- used by Event (untraced events too: the handle works, the tracking views do not list them) ---------
-    def _status(self, request_id: str) -> str:
-        ev = self.engine.live(request_id)
-        if ev is not None:
-            return ev.status.value
-        return self._record(request_id)["status"]
-
-    def _terminate(self, request_id: str, grace: bool, wait: bool) -> str:
+    def terminate_event(self, request_id: str, *, grace: bool = False, wait: bool = True) -> str:
         ev = self.engine.live(request_id)
         if ev is None or ev.status.is_terminal:
             status = self._record(request_id)["status"]
@@ -307,47 +149,67 @@ class Client:
         limit = (self.engine.config.grace_seconds if grace else 0) + 30
         return self.engine.wait(ev, limit).value
 
-    def _logs(self, request_id: str, since_seq: int | None, stream: str | None) -> pd.DataFrame:
-        key = self._key(request_id)
-        where, params = ["event_key = ?"], [key]
-        if since_seq is not None:
-            seq = _whole(since_seq)
-            if seq is None or seq < 0:
-                raise invalid("SinceSeq", f"since_seq must be an integer >= 0, got {since_seq!r}")
-            where.append("seq > ?")
-            params.append(seq)
-        if stream is not None:
-            if stream not in ("stdout", "stderr"):
-                raise invalid("Stream", f"stream must be 'stdout' or 'stderr', got {stream!r}")
-            where.append("stream = ?")
-            params.append(stream)
-        return self.engine.store.query(
-            f"SELECT seq, ts, stream, line FROM logs WHERE {' AND '.join(where)} ORDER BY seq", params)
+    def list_events(self, function: str | None = None, *, namespace: str | None = None,
+                    qualifier: str | None = None, status: str | Iterable[str] | None = None,
+                    invoke_type: str | Iterable[str] | None = None, request_id: str | None = None,
+                    start_time: tuple[Any, Any] | None = None, end_time: tuple[Any, Any] | None = None,
+                    order: str = "DESC", orderby: str = "StartTime", offset: int = 0,
+                    limit: int | None = 20) -> pd.DataFrame:
+        f = query.EventFilter.from_args(function, namespace=namespace, qualifier=qualifier, status=status,
+                                        invoke_type=invoke_type, request_id=request_id, start_time=start_time,
+                                        end_time=end_time, order=order, orderby=orderby, offset=offset,
+                                        limit=limit)
+        return query.list_events(self.engine.store, f)
 
-    def _info(self, request_id: str) -> dict[str, Any]:
-        rec = self._record(request_id)
-        info = {c: rec.get(c) for c in _INFO_COLUMNS if c != "result"}
-        info["error"] = ({"type": rec["error_type"], "message": rec["error_message"],
-                          "traceback": rec["error_traceback"]} if rec["error_type"] else None)
-        return info
+    def overview(self, function: str | None = None, *, namespace: str | None = None,
+                 since: Any = None) -> pd.DataFrame:
+        return query.overview(self.engine.store, query.OverviewFilter(function, namespace, since))
+
+    def logs(self, request_id: str, *, since_seq: int | None = None, stream: str | None = None) -> pd.DataFrame:
+        key = self._key(request_id)  # an unknown id is named before a bad filter, as it always was
+        return query.logs(self.engine.store, key, query.LogFilter(since_seq, stream))
+
+    def search_logs(self, text: str, *, function: str | None = None, namespace: str | None = None,
+                    limit: int | None = 1000) -> pd.DataFrame:
+        return query.search_logs(self.engine.store, query.SearchFilter(text, function, namespace, limit))
+
+    def export(self, path: str | Path) -> dict[str, int]:
+        return self.engine.store.export(Path(path))
+
+    def purge(self) -> int:
+        return self.engine.purge()
+
+    def close(self) -> None:
+        self.engine.close()
+
+    # -- reads: memory while live, else the store -----------------------------------------------------------
+    def _status(self, request_id: str, traced_only: bool) -> str:
+        ev = self.engine.live(request_id)
+        if ev is not None:
+            if traced_only and not ev.traced:
+                raise not_found_event(request_id)
+            return ev.status.value
+        found = query.event_status(self.engine.store, request_id)
+        if found is None or (traced_only and not found[1]):
+            raise not_found_event(request_id)
+        return found[0]
 
     def _result_of(self, request_id: str) -> tuple[str | None, bytes | None]:
         """The stored result: its JSON text and its pickle (read only here: info() never loads the pickle)."""
         ev = self.engine.live(request_id)
         if ev is not None:
             return ev.result, ev.result_pickle
-        rows = self.engine.store.rows("SELECT result, result_pickle FROM events WHERE event_key = ? AND "
-                                      "request_id = ?", [key_of(request_id), request_id])
-        if not rows:
+        found = query.event_result(self.engine.store, request_id)
+        if found is None:
             raise not_found_event(request_id)
-        return rows[0][0], rows[0][1]
+        return found
 
     def _key(self, request_id: str) -> int:
         ev = self.engine.live(request_id)
         if ev is not None:
             return ev.key
         self._record(request_id)
-        return key_of(request_id)  # type: ignore[return-value]
+        return key_of(request_id)  # type: ignore[return-value]  # a stored event's id is one of ours
 
     def _record(self, request_id: str, traced_only: bool = False) -> dict[str, Any]:
         """The event's fields: from memory while it is live, else from the store."""
@@ -356,15 +218,10 @@ class Client:
             if traced_only and not ev.traced:
                 raise not_found_event(request_id)
             return _from_state(ev)
-        key = key_of(request_id)
-        if key is None:
+        rec = query.event_record(self.engine.store, request_id)
+        if rec is None or (traced_only and not rec["traced"]):
             raise not_found_event(request_id)
-        cur = self.engine.store
-        cols = ", ".join(_INFO_COLUMNS)
-        rows = cur.rows(f"SELECT {cols} FROM events WHERE event_key = ? AND request_id = ?", [key, request_id])
-        if not rows or (traced_only and not rows[0][_INFO_COLUMNS.index("traced")]):
-            raise not_found_event(request_id)
-        return dict(zip(_INFO_COLUMNS, rows[0]))
+        return rec
 
 
 def _from_state(ev: EventState) -> dict[str, Any]:
@@ -380,60 +237,6 @@ def _local_tz() -> Any:
     return datetime.now().astimezone().tzinfo
 
 
-def _as_list(value: Any, name: str) -> list[str]:
-    values = [value] if isinstance(value, str) else list(value)
-    if not values or not all(isinstance(v, str) for v in values):
-        raise invalid(name.capitalize(), f"{name} must be a string or a list of strings, got {value!r}")
-    return values
-
-
-def _epoch(value: Any, name: str) -> float:
-    """Epoch seconds from a datetime, a pandas Timestamp, a string (naive means local time) or a number."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    try:
-        ts = pd.Timestamp(value)
-    except (ValueError, TypeError):
-        raise invalid("TimeInterval", f"{name}: cannot read {value!r} as a time; use 'YYYY-MM-DD HH:MM:SS', "
-                                      f"a datetime or epoch seconds") from None
-    if ts is pd.NaT:
-        raise invalid("TimeInterval", f"{name}: {value!r} is not a time")
-    if ts.tzinfo is None:
-        return ts.to_pydatetime().astimezone().timestamp()
-    return ts.timestamp()
-
-
-def _time_interval(column: str, interval: Any, where: list[str], params: list[Any]) -> None:
-    if interval is None:
-        return
-    if not isinstance(interval, (tuple, list)) or len(interval) != 2:
-        raise invalid("TimeInterval", f"{column} must be a (start, end) pair, got {interval!r}")
-    start, end = interval
-    if start is not None:
-        where.append(f"{column} >= to_timestamp(?)")
-        params.append(_epoch(start, column))
-    if end is not None:
-        where.append(f"{column} < to_timestamp(?)")
-        params.append(_epoch(end, column))
-
-
-def _whole(value: Any) -> int | None:
-    """An int from any integer type (numpy's too, as ``df.seq.iloc[-1]`` gives); None for anything else."""
-    if isinstance(value, bool):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
-
-
-def _page(offset: Any, limit: Any) -> tuple[int, int | None]:
-    off = _whole(offset)
-    if off is None or off < 0:
-        raise invalid("Offset", f"offset must be an integer >= 0, got {offset!r}")
-    if limit is None:
-        return off, None
-    lim = _whole(limit)
-    if lim is None or lim < 1:
-        raise invalid("Limit", f"limit must be a positive integer or None, got {limit!r}")
-    return off, lim
+if TYPE_CHECKING:
+    def _conforms(client: Client) -> ClientProtocol:
+        return client  # mypy checks here that Client implements the whole protocol, with the same types

@@ -1,5 +1,6 @@
-"""``Event``: the handle ``invoke`` returns. It holds only a RequestId and the client it came from, so the
-same handle works in-process and (later) over HTTP, and for events of an earlier session."""
+"""``Event``: the handle ``invoke`` returns. It holds only a RequestId and the client it came from, and calls
+only public methods of the client protocol (``protocol.ClientProtocol``), so the same handle works over any
+client (in-process, later over HTTP) and for events of an earlier session."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .client import Client
+    from .protocol import ClientProtocol
 
 
 class Event:
@@ -20,7 +21,7 @@ class Event:
 
     __slots__ = ("_client", "request_id", "function_name")
 
-    def __init__(self, client: "Client", request_id: str, function_name: str = "") -> None:
+    def __init__(self, client: "ClientProtocol", request_id: str, function_name: str = "") -> None:
         self._client = client
         self.request_id = request_id
         self.function_name = function_name
@@ -28,7 +29,7 @@ class Event:
     @property
     def status(self) -> str:
         """The current status: QUEUED, RUNNING, FINISHED, FAILED or ABORTED."""
-        return self._client._status(self.request_id)
+        return self._client.event_status(self.request_id)
 
     def wait(self, timeout: float | None = None) -> str:
         """Block until the event has ended (or ``timeout`` seconds passed); returns the status then."""
@@ -47,16 +48,16 @@ class Event:
 
     def logs(self, since_seq: int | None = None, stream: str | None = None) -> "pd.DataFrame":
         """Every line the event wrote so far: columns ``seq, ts, stream, line``."""
-        return self._client._logs(self.request_id, since_seq, stream)
+        return self._client.logs(self.request_id, since_seq=since_seq, stream=stream)
 
     def terminate(self, grace: bool = False, wait: bool = True) -> str:
         """Stop the event (see ``scf_nb.terminate``); returns its status afterwards."""
-        return self._client._terminate(self.request_id, grace, wait)
+        return self._client.terminate_event(self.request_id, grace=grace, wait=wait)
 
     def info(self) -> dict[str, Any]:
         """Status, times, duration_ms, init_duration_ms (the cold start before it; None on a warm instance),
         billed_duration_ms, mem_usage_bytes, error and exit reason."""
-        return self._client._info(self.request_id)
+        return self._client.event_info(self.request_id)
 
     def __repr__(self) -> str:
         name = f" {self.function_name}" if self.function_name else ""

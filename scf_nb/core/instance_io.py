@@ -138,8 +138,7 @@ class InstanceIO(LeftoverOutput):
             self._sel.register(inst.pidfd, (self._on_pidfd, inst))
         except (OSError, AttributeError):
             inst.pidfd = None
-        self.store.later("INSERT INTO instances VALUES (?, ?, ?, ?)",
-                         (inst.pid, inst.pid, os.getpid(), self._spawner.mark))
+        self.store.record_instance(inst.pid, inst.pid, os.getpid(), self._spawner.mark)
         self._spawner.started(inst)
         if inst.state == DYING:
             inst.signal(signal.SIGKILL)
@@ -432,7 +431,7 @@ class InstanceIO(LeftoverOutput):
             self._died_starting(inst)
         self._release_ahead(inst)  # only if it could not be settled before (the worker was stuck)
         if inst.pid:
-            self.store.later("DELETE FROM instances WHERE pgid = ?", (inst.pid,))
+            self.store.forget_instance(inst.pid)
         self._release_memory(inst)
         self._spawner.dispose(inst)
         self._need_dispatch = True

@@ -372,6 +372,14 @@ class Store:
     def max_event_key(self) -> int:
         return int(self.cursor().execute("SELECT coalesce(max(event_key), 0) FROM events").fetchall()[0][0])
 
+    def record_instance(self, pgid: int, pid: int, engine_pid: int, mark: str) -> None:
+        """A started instance's process group, with the next batch: what a later engine kills if this one dies."""
+        self.later("INSERT INTO instances VALUES (?, ?, ?, ?)", (pgid, pid, engine_pid, mark))
+
+    def forget_instance(self, pgid: int) -> None:
+        """The instance leading process group ``pgid`` is gone (with the next batch)."""
+        self.later("DELETE FROM instances WHERE pgid = ?", (pgid,))
+
     def dead_instances(self) -> tuple[dict[int, int], set[str]]:
         """What the engines that used this store before may have left running: the marks they gave their
         instances, and (rows of stores made before marks had a token) process group -> engine pid."""
