@@ -22,10 +22,11 @@ __version__ = "0.1.0"
 _API = {
     "configure", "client", "shutdown", "create_function", "publish_version", "get_function", "list_functions",
     "delete_function", "invoke", "wait", "get_event", "get_event_status", "list_events", "overview", "terminate",
-    "logs", "search_logs", "export", "purge",
+    "logs", "search_logs", "export", "purge", "follow", "subscribe",
 }
 _TYPES = {"Event": ".core.events", "Function": ".core.functions", "Client": ".core.client",
-          "Config": ".core.config"}
+          "Config": ".core.config", "Changes": ".core.observe", "Subscription": ".core.observe",
+          "LogLine": ".core.follow"}
 
 __all__ = sorted(_API | set(_TYPES) | {"ScfError", "FunctionError", "EventAborted", "Status",
                                        "load_ipython_extension", "unload_ipython_extension"})

@@ -6,7 +6,7 @@ from __future__ import annotations
 import operator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 import pandas as pd
 
@@ -14,7 +14,9 @@ from . import status as st
 from .engine import Engine
 from .errors import EventAborted, FunctionError, ScfError, invalid, not_found_event
 from .events import Event
+from .follow import LogFollower, follow_arguments
 from .functions import LATEST, Function, make_function
+from .observe import Changes, Subscription
 from .records import EventState, key_of
 from .results import decode as decode_result
 from .stats import overview_frame
@@ -284,10 +286,66 @@ class Client:
         """Apply the retention window now (the engine also does it on its own); returns events deleted."""
         return self.engine.purge()
 
+    # -- observation (observe.py: one change feed fed by the store's commits; nothing polls) -----------------
+    def follow(self, request_id: str, *, since_seq: int | None = None,
+               timeout: float | None = None) -> LogFollower:
+        """An iterator over the event's log lines (``LogLine``: ``seq, ts, stream, line``) in ``seq`` order, each
+        once: those stored (after ``since_seq``), then each one as the store commits it, until the event has
+        ended and its last line was given; at once after the stored lines for an ended event. Untraced events'
+        lines too. ``close()`` it (or break out of the loop) to stop early: the event runs on.
+
+        Args:
+            since_seq: give only the lines after this one.
+            timeout: stop waiting for new lines this many seconds after the call (the iteration just ends).
+
+        Raises:
+            ScfError: ``ResourceNotFound.AsyncEvent`` for a RequestId that names no event,
+                ``InvalidParameterValue.SinceSeq`` / ``.Timeout`` for bad values.
+        """
+        after, limit = follow_arguments(since_seq, timeout)
+        return self.engine.store.feed.follow(self._key(request_id), after, lambda: self._ended(request_id), limit)
+
+    def add_done_callback(self, event: Event | str, fn: Callable[[Event], Any]) -> None:
+        """Call ``fn(event)`` once when the event ends, as ``concurrent.futures`` does: at once, in this thread,
+        if it has ended; else on the change feed's callback thread (never the engine's) once its end is
+        committed (within ``flush_interval``). An exception in ``fn`` is logged (logger ``scf_nb``) and
+        harms nothing. Callbacks share one thread: keep them short.
+
+        Raises:
+            ScfError: ``ResourceNotFound.AsyncEvent`` for an unknown RequestId, ``InvalidParameterValue.Callback``
+                when ``fn`` is not callable.
+        """
+        if not callable(fn):
+            raise invalid("Callback", f"add_done_callback needs a callable, got {fn!r}")
+        if isinstance(event, Event):
+            handle = event
+            self._status(handle.request_id)  # it exists
+        else:
+            handle = Event(self, event, self._record(event)["function_name"])
+        rid = handle.request_id
+        self.engine.store.feed.add_done_callback(rid, lambda: fn(handle), lambda: self._ended(rid))
+
+    def subscribe(self, fn: Callable[[Changes], Any]) -> Subscription:
+        """Call ``fn(changes)`` after each commit of the store that changed events (``Changes``: the RequestIds
+        of events new or changed, of those with new log lines, of those that ended; merged into one call while
+        ``fn`` was busy; ``overflow`` when too many to list). ``fn`` runs on a thread of its own: one that
+        raises (logged) or blocks costs no other listener and not the engine. Stop with ``.close()`` or a
+        ``with`` block.
+
+        Raises:
+            ScfError: ``InvalidParameterValue.Callback`` when ``fn`` is not callable.
+        """
+        if not callable(fn):
+            raise invalid("Callback", f"subscribe needs a callable, got {fn!r}")
+        return self.engine.store.feed.subscribe(fn)
+
     def close(self) -> None:
         self.engine.close()
 
     # -- used by Event (untraced events too: the handle works, the tracking views do not list them) ---------
+    def _ended(self, request_id: str) -> bool:
+        return st.parse(self._status(request_id)).is_terminal
+
     def _status(self, request_id: str) -> str:
         ev = self.engine.live(request_id)
         if ev is not None:
