@@ -194,3 +194,18 @@ def test_a_follower_dropped_without_close_stops_being_fed(scf: Any, tmp_path: Pa
     gate.write_text("")
     ev.wait(60)
     wait_until(lambda: store._touched is None, what="the store no longer observed")
+
+
+def test_close_from_another_thread_wakes_a_waiting_follower(scf: Any, tmp_path: Path) -> None:
+    ev, gate = chatty(scf, tmp_path)
+    got: list[int] = []
+    lines = ev.follow()
+    reader = threading.Thread(target=lambda: got.extend(line.seq for line in lines))
+    reader.start()
+    wait_until(lambda: len(got) == 3, what="the stored lines")
+    lines.close()
+    reader.join(30)
+    assert not reader.is_alive() and got == [1, 2, 3]
+    assert ev.status == "RUNNING"  # the event runs on
+    gate.write_text("")
+    assert ev.result(timeout=60) == "done"

@@ -142,10 +142,11 @@ class LogFollower(Iterator[LogLine]):
         return self._ready.popleft()
 
     def close(self) -> None:
-        """Stop following (idempotent); the event runs on."""
+        """Stop following (idempotent; from any thread: one waiting in ``next`` returns); the event runs on."""
         if not self._done:
             self._done = True
             self._ready.clear()
+        self._tail.close()
         self._feed.remove_tail(self._tail)
 
     def __enter__(self) -> LogFollower:

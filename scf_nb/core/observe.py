@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -287,13 +288,14 @@ class ChangeFeed:
             self._refresh()
             self._wake.notify()
             thread = self._thread
+        deadline = time.monotonic() + CLOSE_WAIT_S  # for all of it: a blocked listener does not hold each up
         if thread is not None and thread is not threading.current_thread():
             thread.join(CLOSE_WAIT_S)
         for tails in self._tails.values():
             for tail in tails:
                 tail.close()
-        for sub in self._subs + ((self._done_runner,) if self._done_runner is not None else ()):
-            sub._finish(CLOSE_WAIT_S)
+        for sub in ((self._done_runner,) if self._done_runner is not None else ()) + self._subs:
+            sub._finish(max(0.0, deadline - time.monotonic()))
 
     # -- the dispatcher thread ----------------------------------------------------------------------------------
     def _dispatch_loop(self) -> None:
