@@ -162,6 +162,7 @@ class ChangeFeed:
         # listeners: replaced, never changed in place, so the dispatcher reads them without the lock
         self._subs: tuple[Subscription, ...] = ()
         self._tails: dict[int, tuple[Tail, ...]] = {}
+        # RequestId -> (has it ended?, its callbacks); guarded by _lock
         self._callbacks: dict[str, tuple[Callable[[], bool], list[Callable[[], Any]]]] = {}
         self._done_runner: Subscription | None = None
         self._observed = False
@@ -320,14 +321,14 @@ class ChangeFeed:
             for ev in batch:
                 names[ev.key] = ev.request_id
                 events.add(ev.request_id)
-        log_keys = self._route(runs, dropped, tails)
+        log_keys = self._route(runs, dropped, tails, bool(self._subs))
         ended_evs = [ev for batch in ended for ev in batch]
         for ev in ended_evs:
             for tail in tails.get(ev.key, ()):
                 tail.end()
         ended_ids = frozenset(ev.request_id for ev in ended_evs)
         if self._subs:
-            changes = Changes(frozenset(events), frozenset(self._request_ids(log_keys)), ended_ids)
+            changes = Changes(frozenset(events) | ended_ids, frozenset(self._request_ids(log_keys)), ended_ids)
             for sub in self._subs:
                 sub._offer(changes)
         runner = self._done_runner
@@ -343,10 +344,11 @@ class ChangeFeed:
                     self.remove_tail(tail)
 
     @staticmethod
-    def _route(runs: list[list[Run]], dropped: set[int], tails: dict[int, tuple[Tail, ...]]) -> set[int]:
-        """Hand each follower its event's runs (in commit order); returns the keys with new lines."""
+    def _route(runs: list[list[Run]], dropped: set[int], tails: dict[int, tuple[Tail, ...]], subs: bool) -> set[int]:
+        """Hand each follower its event's runs (in commit order); returns the keys with new lines (when
+        ``subs``: only subscribers need them)."""
         if not tails:
-            return {run[0] for batch in runs for run in batch} | dropped
+            return {run[0] for batch in runs for run in batch} | dropped if subs else set()
         keys: set[int] = set(dropped)
         mine: dict[int, list[Run]] = {}
         for batch in runs:
