@@ -83,6 +83,8 @@ def test_since_seq_and_bad_arguments(scf: Any, tmp_path: Path) -> None:
     assert code_of(lambda: scf.follow(rid, since_seq="3")) == "InvalidParameterValue.SinceSeq"
     assert code_of(lambda: scf.follow(rid, timeout=-1)) == "InvalidParameterValue.Timeout"
     assert code_of(lambda: scf.follow(rid, timeout="1")) == "InvalidParameterValue.Timeout"
+    assert code_of(lambda: scf.follow(rid, timeout=float("nan"))) == "InvalidParameterValue.Timeout"
+    assert len(list(scf.follow(rid, timeout=float("inf")))) == 103  # ended: no wait at all
 
 
 def test_unknown_id_fails_at_the_call(scf: Any) -> None:

@@ -183,7 +183,7 @@ class LogFollower(Iterator[LogLine]):
                 left = None if self._deadline is None else self._deadline - time.monotonic()
                 if left is not None and left <= 0:
                     break
-                tail.cond.wait(left)
+                tail.cond.wait(None if left is None else min(left, threading.TIMEOUT_MAX))
             runs, tail.runs, tail.chars = tail.runs, [], 0
             gap, tail.gap = tail.gap, False
             ended = tail.ended or tail.closed
