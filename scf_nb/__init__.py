@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # what __getattr__ loads on first use, for type checkers: the
     from .api import create_function as create_function
     from .api import delete_function as delete_function
     from .api import export as export
+    from .api import follow as follow
     from .api import get_event as get_event
     from .api import get_event_status as get_event_status
     from .api import get_function as get_function
@@ -35,12 +36,16 @@ if TYPE_CHECKING:  # what __getattr__ loads on first use, for type checkers: the
     from .api import purge as purge
     from .api import search_logs as search_logs
     from .api import shutdown as shutdown
+    from .api import subscribe as subscribe
     from .api import terminate as terminate
     from .api import wait as wait
     from .core.client import Client as Client
     from .core.config import Config as Config
     from .core.events import Event as Event
+    from .core.follow import LogLine as LogLine
     from .core.functions import Function as Function
+    from .core.observe import Changes as Changes
+    from .core.observe import Subscription as Subscription
     from .core.protocol import ClientProtocol as ClientProtocol
 
 __version__ = "0.1.0"
@@ -48,10 +53,11 @@ __version__ = "0.1.0"
 _API = {
     "configure", "client", "shutdown", "create_function", "publish_version", "get_function", "list_functions",
     "delete_function", "invoke", "wait", "get_event", "get_event_status", "list_events", "overview", "terminate",
-    "logs", "search_logs", "export", "purge",
+    "logs", "search_logs", "export", "purge", "follow", "subscribe",
 }
 _TYPES = {"Event": ".core.events", "Function": ".core.functions", "Client": ".core.client",
-          "ClientProtocol": ".core.protocol", "Config": ".core.config"}
+          "ClientProtocol": ".core.protocol", "Config": ".core.config", "Changes": ".core.observe",
+          "Subscription": ".core.observe", "LogLine": ".core.follow"}
 
 __all__ = sorted(_API | set(_TYPES) | {"ScfError", "FunctionError", "EventAborted", "Status",
                                        "load_ipython_extension", "unload_ipython_extension"})

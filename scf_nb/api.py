@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 
@@ -16,7 +16,9 @@ from .core.config import LIVE_SETTINGS, Config, from_environment
 from .core.engine import Engine
 from .core.errors import ScfError
 from .core.events import Event
+from .core.follow import LogFollower
 from .core.functions import LATEST, Function
+from .core.observe import Changes, Subscription
 from .core.protocol import ClientProtocol, WaitResult, documented
 
 _lock = threading.RLock()
@@ -186,6 +188,16 @@ def logs(request_id: str, *, since_seq: int | None = None, stream: str | None = 
 def search_logs(text: str, *, function: str | None = None, namespace: str | None = None,
                 limit: int | None = 1000) -> pd.DataFrame:
     return client().search_logs(text, function=function, namespace=namespace, limit=limit)
+
+
+@documented
+def follow(request_id: str, *, since_seq: int | None = None, timeout: float | None = None) -> LogFollower:
+    return client().follow(request_id, since_seq=since_seq, timeout=timeout)
+
+
+@documented
+def subscribe(fn: Callable[[Changes], Any]) -> Subscription:
+    return client().subscribe(fn)
 
 
 @documented

@@ -43,16 +43,9 @@ def main() -> None:
         print(f"  {ev.request_id}  {ev.status}")
 
     print(f"\nfollowing {events[0].request_id} live:")
-    seq = 0
-    while True:
-        status = events[0].wait(timeout=0.1)
-        lines = events[0].logs(since_seq=seq)
-        for row in lines.itertuples(index=False):
-            print(f"  [{row.stream}] {row.line}")
-            seq = row.seq
-        if status not in ("QUEUED", "RUNNING") and lines.empty:
-            print(f"  -- {status}")
-            break
+    for row in events[0].follow():  # each line as it is stored; the iteration ends with the event
+        print(f"  [{row.stream}] {row.line}")
+    print(f"  -- {events[0].status}")
 
     for ev in events:
         ev.wait()

@@ -31,6 +31,24 @@ def _parse(magic: Callable[..., Any], line: str) -> Any:
         raise UsageError(f"{magic.__name__}: {e}") from None
 
 
+def _print_line(row: Any) -> None:
+    print(f"{row.ts:%H:%M:%S.%f}"[:-3] + f" {row.stream[3]} {row.line}")
+
+
+def _print_followed(request_id: str, stream: str | None) -> None:
+    """``--follow``: each line as the store commits it (one ``follow``, no read loop), then the final status."""
+    if stream not in (None, "stdout", "stderr"):
+        raise UsageError(f"scf_logs: --stream must be stdout or stderr, got {stream!r}")
+    lines = _call(api.follow, request_id)
+    try:
+        for row in lines:  # ends once the event has ended and its last line came
+            if stream in (None, row.stream):
+                _print_line(row)
+    finally:
+        lines.close()  # also on an interrupt: the event runs on
+    print(f"-- {_call(api.client().wait_event, request_id, 0)}")
+
+
 def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """One API call; its ScfError becomes a one-line UsageError, not a traceback."""
     try:
@@ -124,21 +142,11 @@ class ScfMagics(Magics):
         """Print an event's log lines; with --follow, keep printing until it ends (interrupt to stop)."""
         args = _parse(self.scf_logs, line)
         request_id = self._request_id(args.request_id)
-        seq, ended = 0, None
-        while True:
-            frame = _call(api.logs, request_id, since_seq=seq, stream=args.stream)
-            for row in frame.itertuples(index=False):
-                print(f"{row.ts:%H:%M:%S.%f}"[:-3] + f" {row.stream[3]} {row.line}")
-            if len(frame):
-                seq = int(frame["seq"].iloc[-1])
-            if not args.follow:
-                return
-            if ended is not None:  # this read came after the end was seen: it had the last lines
-                print(f"-- {ended}")
-                return
-            status = _call(api.client().wait_event, request_id, 0.2)
-            if status not in ("QUEUED", "RUNNING"):
-                ended = status
+        if args.follow:
+            _print_followed(request_id, args.stream)
+            return
+        for row in _call(api.logs, request_id, stream=args.stream).itertuples(index=False):
+            _print_line(row)
 
     @magic_arguments()
     @argument("request_id", help="a RequestId, or the name of a variable holding an Event")

@@ -108,25 +108,60 @@ def main_handler(event, context):
 
 
 def test_follow_ends_with_every_line(ip: Any, capsys: Any, monkeypatch: Any, tmp_path: Any) -> None:
-    """The event's last line is stored while ``--follow`` waits between two reads: it must still be printed,
-    before the status line. The gate opens right after a read that found nothing new, so the event ends
-    during the wait that follows it (where the old loop stopped without reading again)."""
+    """``--follow`` prints the lines stored and those printed after it started, then the status line. The
+    gate opens right after ``follow`` was called, so the last line and the end come while it waits."""
     gate = tmp_path / "gate"
     run(ip, "%%scf_function followed --async\n" + FOLLOWED)
     ip.user_ns["payload"] = {"gate": str(gate)}
     ev = run(ip, "ev = %scf_invoke followed --event-var payload\nev")
     wait_until(lambda: len(ev.logs()) == 1, what="the handler's first line")
-    real_logs = api.logs
+    real_follow = api.follow
 
-    def logs_then_open_the_gate(*args: Any, **kwargs: Any) -> Any:  # the real call; it only watches
-        frame = real_logs(*args, **kwargs)
-        if kwargs.get("since_seq") and frame.empty:
-            gate.write_text("")
-        return frame
+    def follow_then_open_the_gate(*args: Any, **kwargs: Any) -> Any:  # the real call; it only watches
+        lines = real_follow(*args, **kwargs)
+        gate.write_text("")
+        return lines
 
-    monkeypatch.setattr(api, "logs", logs_then_open_the_gate)
+    monkeypatch.setattr(api, "follow", follow_then_open_the_gate)
     capsys.readouterr()
     run(ip, "%scf_logs ev --follow")
     out = capsys.readouterr().out.splitlines()
     assert [line.split(" ", 2)[2] for line in out[:-1]] == ["start", "end"]
     assert out[-1] == "-- FINISHED"
+
+
+STREAMS = GATE + '''
+def main_handler(event, context):
+    print("out 1", flush=True)
+    wait_file(event["gate"])
+    for i in range(2, 200):
+        print("out", i, flush=True)
+        print("err", i, file=sys.stderr, flush=True)
+'''
+
+
+def test_follow_uses_follow_and_keeps_its_stream(ip: Any, capsys: Any, monkeypatch: Any, tmp_path: Any) -> None:
+    """``--follow --stream stderr``: the lines of one stream only, printed after the call included, read by
+    one ``follow`` (no read loop of the magic's own: ``logs`` is not called)."""
+    gate = tmp_path / "gate"
+    run(ip, "%%scf_function streams --async\n" + STREAMS)
+    ip.user_ns["payload"] = {"gate": str(gate)}
+    ev = run(ip, "ev = %scf_invoke streams --event-var payload\nev")
+    wait_until(lambda: len(ev.logs()) == 1, what="the handler's first line")
+    real_follow, calls = api.follow, []
+
+    def follow_then_open_the_gate(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        lines = real_follow(*args, **kwargs)
+        gate.write_text("")
+        return lines
+
+    monkeypatch.setattr(api, "follow", follow_then_open_the_gate)
+    monkeypatch.setattr(api, "logs", None)  # --follow must not read logs itself
+    capsys.readouterr()
+    run(ip, "%scf_logs ev --follow --stream stderr")
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(" ", 1)[1] for line in out[:-1]] == [f"e err {i}" for i in range(2, 200)]
+    assert out[-1] == "-- FINISHED" and calls == [(ev.request_id,)]
+    result = ip.run_cell("%scf_logs ev --follow --stream both")
+    assert result.success is False and "--stream must be stdout or stderr" in capsys.readouterr().err

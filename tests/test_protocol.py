@@ -20,7 +20,8 @@ from scf_nb.core.protocol import ClientProtocol, WaitResult, members
 
 MEMBERS = members()
 # the protocol's methods that are not module-level functions: the handle's own, and the client's life
-NOT_MODULE_LEVEL = {"closed", "close", "event_status", "event_info", "wait_event", "event_result", "terminate_event"}
+NOT_MODULE_LEVEL = {"closed", "close", "event_status", "event_info", "wait_event", "event_result", "terminate_event",
+                    "add_done_callback"}  # the handle's own (Event.add_done_callback)
 
 WORK = GATE + '''
 def main_handler(event, context):
@@ -118,6 +119,11 @@ def test_a_second_client_of_the_protocol_alone_drives_events_end_to_end(scf: Any
     info, calls = relay.through(ev.info)
     assert info["status"] == "FINISHED" and info["error"] is None and calls == ["event_info"]
     assert repr(ev).endswith("work FINISHED>")
+    lines, calls = relay.through(lambda: [line.line for line in ev.follow()])
+    assert lines == ev.logs()["line"].tolist() and calls == ["follow"]
+    seen: list[Any] = []
+    _, calls = relay.through(lambda: ev.add_done_callback(seen.append))
+    assert seen == [ev] and calls[0] == "add_done_callback"
 
     gate = str(tmp_path / "gate")
     held = relay.invoke("work", {"n": 2, "gate": gate})
@@ -178,6 +184,8 @@ def test_every_module_function_calls_the_client_that_client_chooses(scf: Any, tm
     scf.list_events(status="FINISHED")
     scf.overview()
     scf.logs(ev.request_id)
+    assert [line.line for line in scf.follow(ev.request_id)] == scf.logs(ev.request_id)["line"].tolist()
+    scf.subscribe(lambda changes: None).close()
     scf.search_logs("done")
     scf.export(tmp_path / "export")
     scf.purge()

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import pandas as pd
 
 from . import query
 from .engine import Engine
-from .errors import EventAborted, FunctionError, ScfError, not_found_event
+from .errors import EventAborted, FunctionError, ScfError, invalid, not_found_event
 from .events import Event
+from .follow import LogFollower, follow_arguments
 from .functions import LATEST, Function, make_function
+from .observe import Changes, Subscription
 from .protocol import WaitResult, documented
 from .query import EVENT_LIST_COLUMNS as EVENT_LIST_COLUMNS
 from .query import INFO_COLUMNS as _INFO_COLUMNS
@@ -173,6 +175,27 @@ class Client:
                     limit: int | None = 1000) -> pd.DataFrame:
         return query.search_logs(self.engine.store, query.SearchFilter(text, function, namespace, limit))
 
+    def follow(self, request_id: str, *, since_seq: int | None = None,
+               timeout: float | None = None) -> LogFollower:
+        after, limit = follow_arguments(since_seq, timeout)
+        return self.engine.store.feed.follow(self._key(request_id), after, lambda: self._ended(request_id), limit)
+
+    def add_done_callback(self, event: Event | str, fn: Callable[[Event], Any]) -> None:
+        if not callable(fn):
+            raise invalid("Callback", f"add_done_callback needs a callable, got {fn!r}")
+        if isinstance(event, Event):
+            handle = event
+            self.event_status(handle.request_id)  # it exists
+        else:
+            handle = Event(self, event, self._record(event)["function_name"])
+        rid = handle.request_id
+        self.engine.store.feed.add_done_callback(rid, lambda: fn(handle), lambda: self._ended(rid))
+
+    def subscribe(self, fn: Callable[[Changes], Any]) -> Subscription:
+        if not callable(fn):
+            raise invalid("Callback", f"subscribe needs a callable, got {fn!r}")
+        return self.engine.store.feed.subscribe(fn)
+
     def export(self, path: str | Path) -> dict[str, int]:
         return self.engine.store.export(Path(path))
 
@@ -183,6 +206,9 @@ class Client:
         self.engine.close()
 
     # -- reads: memory while live, else the store -----------------------------------------------------------
+    def _ended(self, request_id: str) -> bool:
+        return Status(self.event_status(request_id)).is_terminal
+
     def _status(self, request_id: str, traced_only: bool) -> str:
         ev = self.engine.live(request_id)
         if ev is not None:

@@ -4,11 +4,12 @@ client (in-process, later over HTTP) and for events of an earlier session."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from .follow import LogFollower
     from .protocol import ClientProtocol
 
 
@@ -49,6 +50,14 @@ class Event:
     def logs(self, since_seq: int | None = None, stream: str | None = None) -> "pd.DataFrame":
         """Every line the event wrote so far: columns ``seq, ts, stream, line``."""
         return self._client.logs(self.request_id, since_seq=since_seq, stream=stream)
+
+    def follow(self, since_seq: int | None = None, timeout: float | None = None) -> "LogFollower":
+        """Its log lines as they come, until it ends (see ``scf_nb.follow``)."""
+        return self._client.follow(self.request_id, since_seq=since_seq, timeout=timeout)
+
+    def add_done_callback(self, fn: "Callable[[Event], Any]") -> None:
+        """Call ``fn(self)`` once when the event ends; at once if it has (see ``Client.add_done_callback``)."""
+        self._client.add_done_callback(self, fn)
 
     def terminate(self, grace: bool = False, wait: bool = True) -> str:
         """Stop the event (see ``scf_nb.terminate``); returns its status afterwards."""

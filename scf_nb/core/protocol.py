@@ -19,7 +19,9 @@ from typing import Any, Callable, Iterable, NamedTuple, Protocol, TypeVar, runti
 import pandas as pd
 
 from .events import Event
+from .follow import LogFollower
 from .functions import LATEST, Function
+from .observe import Changes, Subscription
 
 _T = TypeVar("_T")
 
@@ -220,6 +222,48 @@ class ClientProtocol(Protocol):
                     limit: int | None = 1000) -> pd.DataFrame:
         """Lines containing ``text`` (case-insensitive), newest events first, with their RequestId; untraced
         events' lines too. ``limit`` None for all."""
+        ...
+
+    # -- observing (no polling: each is fed by the store's commits) ----------------------------------------------
+    def follow(self, request_id: str, *, since_seq: int | None = None,
+               timeout: float | None = None) -> LogFollower:
+        """An iterator over the event's log lines (``LogLine``: ``seq, ts, stream, line``) in ``seq`` order, each
+        once: those stored (after ``since_seq``), then each one as the store commits it, until the event has
+        ended and its last line was given; at once after the stored lines for an ended event. Untraced events'
+        lines too. ``close()`` it (or break out of the loop) to stop early: the event runs on.
+
+        Args:
+            since_seq: give only the lines after this one.
+            timeout: stop waiting for new lines this many seconds after the call (the iteration just ends).
+
+        Raises:
+            ScfError: ``ResourceNotFound.AsyncEvent`` for a RequestId that names no event,
+                ``InvalidParameterValue.SinceSeq`` / ``.Timeout`` for bad values.
+        """
+        ...
+
+    def add_done_callback(self, event: Event | str, fn: Callable[[Event], Any]) -> None:
+        """Call ``fn(event)`` once when the event ends, as ``concurrent.futures`` does: at once, in this thread,
+        if it has ended; else on the change feed's callback thread (never the engine's) once its end is
+        committed (within ``flush_interval``). An exception in ``fn`` is logged (logger ``scf_nb``) and
+        harms nothing. Callbacks share one thread: keep them short.
+
+        Raises:
+            ScfError: ``ResourceNotFound.AsyncEvent`` for an unknown RequestId, ``InvalidParameterValue.Callback``
+                when ``fn`` is not callable.
+        """
+        ...
+
+    def subscribe(self, fn: Callable[[Changes], Any]) -> Subscription:
+        """Call ``fn(changes)`` after each commit of the store that changed events (``Changes``: the RequestIds
+        of events new or changed, of those with new log lines, of those that ended; merged into one call while
+        ``fn`` was busy; ``overflow`` when too many to list). ``fn`` runs on a thread of its own: one that
+        raises (logged) or blocks costs no other listener and not the engine. Stop with ``.close()`` or a
+        ``with`` block.
+
+        Raises:
+            ScfError: ``InvalidParameterValue.Callback`` when ``fn`` is not callable.
+        """
         ...
 
     def export(self, path: str | Path) -> dict[str, int]:

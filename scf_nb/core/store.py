@@ -29,6 +29,7 @@ from .errors import ScfError
 from .functions import Function
 from .logbuffer import INSERT as _INSERT_LOGS
 from .logbuffer import HeapTrim, LogBuffer, runs_of
+from .observe import ChangeFeed
 from .records import EVENT_COLUMNS, EventState
 from .stats import OverviewStats, Summary, bucket_sql
 from .status import TERMINAL
@@ -154,16 +155,24 @@ class Store:
         self._writer: threading.Thread | None = None
         self.write_errors = 0
         self._stats: OverviewStats | None = None  # guarded by _flush_lock; None until the first overview
+        self._touched: list[EventState] | None = None  # events changed since the last commit, while observed
+        self.feed = ChangeFeed(self)  # told of every commit while anyone listens (observe.py)
 
     # -- buffers (called by the engine, under ``lock`` where it says so) --------------------------------
     def add_event(self, ev: EventState) -> None:
         """A new event (hold ``lock``)."""
         self._new.append(ev)
+        touched = self._touched
+        if touched is not None:
+            touched.append(ev)
 
     def changed(self, ev: EventState) -> None:
         """``ev`` changed (hold ``lock``); one not yet inserted is written whole with its newest state."""
         if ev.inserted:
             self._changed[ev.key] = ev
+        touched = self._touched
+        if touched is not None:
+            touched.append(ev)
 
     def add_lines(self, key: int, first_seq: int, ts: float, stream: str, lines: list[str]) -> None:
         """Lines ``first_seq``, ``first_seq + 1``, ... of event ``key``. Called by the engine thread, which waits
@@ -219,7 +228,8 @@ class Store:
         """
         with self._flush_lock:
             with self.lock:
-                if not (self._new or self._changed or self._logs or self._sql_ops):
+                touched = self._touched
+                if not (self._new or self._changed or self._logs or self._sql_ops or touched):
                     return
                 new, self._new = self._new, []
                 if hold > 0:
@@ -227,7 +237,7 @@ class Store:
                     self._new = [ev for ev in new if ev.status not in TERMINAL and ev.accepted > cutoff]
                     if self._new:
                         new = [ev for ev in new if ev.status in TERMINAL or ev.accepted <= cutoff]
-                        if not (new or self._changed or self._logs or self._sql_ops):
+                        if not (new or self._changed or self._logs or self._sql_ops or touched):
                             return
                 changed, self._changed = self._changed, {}
                 logs = self._logs.take()
@@ -240,8 +250,11 @@ class Store:
                 changed_rows = [ev.update_row() for ev in changed.values()]
                 done = [ev for ev in new if ev.status in TERMINAL]
                 done += [ev for ev in changed.values() if ev.status in TERMINAL]
+                if touched:
+                    self._touched = []
             try:
-                self._write(new_rows, changed_rows, logs, ops)
+                if new_rows or changed_rows or logs or ops:
+                    self._write(new_rows, changed_rows, logs, ops)
             except Exception:
                 with self.lock:  # put it all back in front, so nothing accepted is lost
                     self._new[:0] = new
@@ -250,10 +263,14 @@ class Store:
                     self._changed = {**changed, **self._changed}
                     self._logs.put_back(logs)
                     self._sql_ops[:0] = ops
+                    if touched and self._touched is not None:
+                        self._touched[:0] = touched
                 raise
             self._trim.written += logs.chars
             if self._stats is not None:
                 self._count(new_rows, changed_rows)
+            if touched is not None and (touched or logs or done):
+                self.feed.publish(touched, logs, done)
         if done:
             self._on_committed(done)
 
@@ -305,7 +322,16 @@ class Store:
         if self._writer is not None:
             self._writer.join()
         self.sync()
+        self.feed.close()
         self._db.close()
+
+    def observe(self, on: bool) -> None:
+        """Record which events change, for the change feed, while ``on`` (nothing is recorded otherwise)."""
+        with self.lock:
+            if not on:
+                self._touched = None
+            elif self._touched is None:
+                self._touched = []
 
     # -- reads -------------------------------------------------------------------------------------------
     def cursor(self) -> duckdb.DuckDBPyConnection:
@@ -326,6 +352,17 @@ class Store:
     def rows(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         self.sync()
         return self.cursor().execute(sql, list(params)).fetchall()
+
+    def log_lines(self, key: int, after_seq: int, limit: int) -> list[tuple[int, int, str, str]]:
+        """Up to ``limit`` lines of event ``key`` after ``after_seq``: ``(seq, ts in epoch us, stream, line)``."""
+        return self.rows("SELECT seq, epoch_us(ts), stream, line FROM logs WHERE event_key = ? AND seq > ? "
+                         "ORDER BY seq LIMIT ?", [key, after_seq, limit])
+
+    def request_ids(self, keys: list[int]) -> dict[int, str]:
+        """The RequestIds of the events ``keys`` that the store holds."""
+        rows = self.rows(f"SELECT event_key, request_id FROM events WHERE event_key IN ({', '.join('?' * len(keys))})",
+                         keys)
+        return {int(k): rid for k, rid in rows}
 
     def overview(self, namespace: str | None = None, function: str | None = None) -> dict[str, Summary]:
         """Per status with events: count and duration statistics of the traced events of ``namespace`` and
