@@ -168,11 +168,8 @@ class EventFilter:
         """The query and its parameters."""
         where: list[str] = ["traced"]
         params: list[Any] = []
-        for column in ("function_name", "namespace", "qualifier", "request_id"):
-            value = getattr(self, "function" if column == "function_name" else column)
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
+        _equal(where, params, function_name=self.function, namespace=self.namespace, qualifier=self.qualifier,
+               request_id=self.request_id)
         for column, values in (("status", self.status), ("invoke_type", self.invoke_type)):
             if values is not None:
                 where.append(f"{column} IN ({', '.join('?' * len(values))})")
@@ -262,12 +259,7 @@ def overview(store: Store, f: OverviewFilter) -> pd.DataFrame:
         return overview_frame(store.overview(f.namespace, f.function))
     where: list[str] = ["traced"]
     params: list[Any] = []
-    if f.function is not None:
-        where.append("function_name = ?")
-        params.append(f.function)
-    if f.namespace is not None:
-        where.append("namespace = ?")
-        params.append(f.namespace)
+    _equal(where, params, function_name=f.function, namespace=f.namespace)
     where.append("start_time >= to_timestamp(?)")
     params.append(f.since)
     rows = store.rows(
@@ -284,24 +276,25 @@ def logs(store: Store, event_key: int, f: LogFilter) -> pd.DataFrame:
     if f.since_seq is not None:
         where.append("seq > ?")
         params.append(f.since_seq)
-    if f.stream is not None:
-        where.append("stream = ?")
-        params.append(f.stream)
+    _equal(where, params, stream=f.stream)
     return store.query(f"SELECT seq, ts, stream, line FROM logs WHERE {' AND '.join(where)} ORDER BY seq", params)
 
 
 def search_logs(store: Store, f: SearchFilter) -> pd.DataFrame:
     where: list[str] = ["contains(lower(l.line), lower(?))"]
     params: list[Any] = [f.text]
-    if f.function is not None:
-        where.append("e.function_name = ?")
-        params.append(f.function)
-    if f.namespace is not None:
-        where.append("e.namespace = ?")
-        params.append(f.namespace)
+    _equal(where, params, **{"e.function_name": f.function, "e.namespace": f.namespace})
     sql = ("SELECT e.request_id, e.function_name, l.seq, l.ts, l.stream, l.line FROM logs l "
            f"JOIN events e USING (event_key) WHERE {' AND '.join(where)} ORDER BY l.event_key DESC, l.seq")
     return store.query(sql if f.limit is None else f"{sql} LIMIT {f.limit}", params)
+
+
+def _equal(where: list[str], params: list[Any], **columns: Any) -> None:
+    """``column = value`` conditions for the values that are not None (the names are ours, never input)."""
+    for column, value in columns.items():
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
 
 
 def _one(store: Store, columns: str, request_id: str) -> tuple[Any, ...] | None:
