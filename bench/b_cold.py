@@ -48,7 +48,7 @@ def run(quick: bool) -> list[dict]:
 
     import scf_nb
     import scf_nb.api
-    import scf_nb.core.worker
+    import scf_nb.instances.loky.worker
 
     imports_ms = (time.perf_counter() - t) * 1000
     first_ever = _scf_cold(scf_nb)

@@ -22,7 +22,7 @@ from conftest import GATE, wait_until
 
 import scf_nb
 from scf_nb.core import engine as engine_module
-from scf_nb.core.ahead import RECORDS, Claims, Shared
+from scf_nb.instances.loky.ahead import RECORDS, Claims, Shared
 
 HANDLER = GATE + r'''
 def main_handler(event, context):

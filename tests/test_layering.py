@@ -73,7 +73,7 @@ def test_package_import_is_light() -> None:
 
 
 def test_worker_import_is_light() -> None:
-    assert loaded_after("import scf_nb.core.worker", HEAVY + JUPYTER) == []
+    assert loaded_after("import scf_nb.instances.loky.worker", HEAVY + JUPYTER) == []
 
 
 INSPECT = """

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from scf_nb.core.logchannel import CONTINUED, MAX_LINE, LineSplitter
-from scf_nb.core.worker import END_MARKER
+from scf_nb.core.logchannel import END_MARKER
 
 READ = 1 << 18  # what the engine reads from a pipe at a time
 

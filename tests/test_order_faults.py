@@ -21,7 +21,7 @@ from processes import SLOW_START
 from test_ahead import HANDLER, Unread, _busy_with_one_behind, _engine, _on_engine_thread, engine_calls, pending
 
 import scf_nb
-from scf_nb.core.ahead import STARTED
+from scf_nb.instances.loky.ahead import STARTED
 
 __all__ = ["engine_calls"]  # a fixture, used by name
 

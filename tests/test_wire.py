@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pickle
 
-from scf_nb.core import wire
+from scf_nb.instances.loky import wire
 
 
 def test_reader_cuts_messages_whatever_the_reads_split() -> None:

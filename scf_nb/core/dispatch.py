@@ -25,9 +25,9 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from . import wire
-from .ahead import Shared, records_path
-from .instances import BUSY, IDLE, STARTING, Instance, Outcome
+from ..instances.loky import wire
+from ..instances.loky.ahead import Shared, records_path
+from ..instances.loky.processes import BUSY, IDLE, STARTING, Instance, Outcome
 from .status import Status
 from .timers import RETRY_S
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from .worker import END_MARKER
-
+# Written by an instance after an event's last byte on each stream (its capture writes it; see the worker).
+END_MARKER = b"\x00\x1fscf_nb:end\x1f\x00"
 MAX_LINE = 1 << 20
 CONTINUED = " [scf_nb: continued in the next line of this stream]"
 _KEEP = len(END_MARKER) + 1  # a marker may straddle two reads: never cut into the last bytes of a tail

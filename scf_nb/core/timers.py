@@ -25,9 +25,9 @@ import resource
 import time
 from typing import TYPE_CHECKING, Any
 
-from .cgroups import MemoryCgroups
-from .instance_io import REAPED
-from .instances import BUSY, DYING, IDLE, STARTING, Instance, Outcome, descendants
+from ..instances.loky.cgroups import MemoryCgroups
+from ..instances.loky.channels import REAPED
+from ..instances.loky.processes import BUSY, DYING, IDLE, STARTING, Instance, Outcome, descendants
 from .status import Status
 
 if TYPE_CHECKING:

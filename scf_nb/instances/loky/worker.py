@@ -49,13 +49,14 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from . import results, wire
+from . import wire
+from ...core import results
+from ...core.logchannel import END_MARKER
 from .ahead import Claims
 from .cgroups import oom_kills
 from .worker_pipes import OWN_ENDS as _OWN_ENDS
 from .worker_pipes import left_behind, move_stdio, new_pipe
 
-END_MARKER = b"\x00\x1fscf_nb:end\x1f\x00"
 INSTANCE_MARK = "SCF_NB_ENGINE_PID"
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36

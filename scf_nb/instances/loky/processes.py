@@ -21,10 +21,10 @@ from typing import Any, Callable
 
 from . import wire
 from .cgroups import Cgroup
-from .functions import Function
-from .logchannel import LineSplitter
-from .records import EventState
-from .status import Status
+from ...core.functions import Function
+from ...core.logchannel import LineSplitter
+from ...core.records import EventState
+from ...core.status import Status
 from .worker import INSTANCE_MARK, proc_stats
 
 STARTING, IDLE, BUSY, DYING = "starting", "idle", "busy", "dying"

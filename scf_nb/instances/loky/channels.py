@@ -17,14 +17,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import wire
-from .instances import BUSY, DYING, IDLE, REAPED, Instance, Outcome
+from .processes import BUSY, DYING, IDLE, REAPED, Instance, Outcome
 from .leftover_output import LeftoverOutput
-from .logchannel import LineSplitter, read_to_eof
-from .status import Status
+from ...core.logchannel import LineSplitter, read_to_eof
+from ...core.status import Status
 
 if TYPE_CHECKING:
-    from .records import EventState
-    from .store import Store
+    from ...core.records import EventState
+    from ...core.store import Store
 
 log = logging.getLogger("scf_nb")
 _RECV_BYTES = 1 << 16

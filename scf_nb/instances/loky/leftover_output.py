@@ -24,12 +24,12 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any
 
-from .instances import REAPED, Instance
-from .logchannel import LineSplitter, read_to_eof
+from .processes import REAPED, Instance
+from ...core.logchannel import LineSplitter, read_to_eof
 
 if TYPE_CHECKING:
-    from .records import EventState
-    from .store import Store
+    from ...core.records import EventState
+    from ...core.store import Store
 
 
 class LeftoverOutput:
