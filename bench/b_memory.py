@@ -115,7 +115,7 @@ def snapshot(label: str, events: int) -> dict[str, Any]:
     snap = {"label": label, "events": events, "rss_mb": rss_mb(), **_smaps_mb(), **_malloc_mb(), **_pymalloc_mb(),
             **_jemalloc_mb(), "duckdb_mb": duck, "duckdb_size": size[0], "duckdb_memory_usage": size[1],
             "duckdb_limit": size[2], "duckdb_wal": size[3],
-            "recent": len(engine._recent), "live": len(engine._live), "gc_objects": len(gc.get_objects())}
+            "recent": len(engine.table.recent), "live": len(engine.table.live), "gc_objects": len(gc.get_objects())}
     if _TRACE:
         import tracemalloc
 

@@ -311,7 +311,7 @@ def _sent_ahead(rid: str) -> bool | None:
     """Whether the engine holds ``rid`` as sent ahead right now: read-only, for coverage figures only."""
     try:
         engine = scf_nb.client().engine
-        return any(e.request_id == rid for a in list(engine._ahead.values()) for e, _, _ in list(a.pending))
+        return any(e.request_id == rid for a in list(engine.backend.ahead.values()) for e, _, _ in list(a.pending))
     except Exception:
         return None
 

@@ -13,13 +13,13 @@ import pandas as pd
 
 from .core.client import Client
 from .core.config import LIVE_SETTINGS, Config, from_environment
-from .core.engine import Engine
 from .core.errors import ScfError
 from .core.events import Event
 from .core.follow import LogFollower
 from .core.functions import LATEST, Function
 from .core.observe import Changes, Subscription
 from .core.protocol import ClientProtocol, WaitResult, documented
+from .engine.engine import Engine
 
 _lock = threading.RLock()
 _client: Client | None = None

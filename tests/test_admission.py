@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from scf_nb.core.admission import Admission, encode_event
 from scf_nb.core.errors import ScfError
 from scf_nb.core.functions import make_function
 from scf_nb.core.records import key_of, make_request_id
 from scf_nb.core.status import Status, can_move, parse
+from scf_nb.engine.admission import Admission, encode_event
 
 
 def _fn(qps: float | None) -> object:

@@ -21,8 +21,8 @@ import pytest
 from conftest import GATE, wait_until
 
 import scf_nb
-from scf_nb.core import engine as engine_module
 from scf_nb.instances.loky.ahead import RECORDS, Claims, Shared
+from scf_nb.instances.loky.sending import Sending
 
 HANDLER = GATE + r'''
 def main_handler(event, context):
@@ -48,16 +48,18 @@ def _engine() -> Any:
 
 def pending(name: str = "one") -> list[Any]:
     """The events of function ``name`` sent ahead that no worker is known to have started, oldest first."""
-    ahead = _engine()._ahead.get(("default", name))
+    ahead = _engine().backend.ahead.get(("default", name))
     return [] if ahead is None else [e for e, _, _ in list(ahead.pending)]
 
 
 def is_ahead(ev: Any) -> bool:
-    return any(e.request_id == ev.request_id for a in list(_engine()._ahead.values()) for e, _, _ in list(a.pending))
+    ahead = list(_engine().backend.ahead.values())
+    return any(e.request_id == ev.request_id for a in ahead for e, _, _ in list(a.pending))
 
 
 def in_fifo(ev: Any) -> bool:
-    return any(q.request_id == ev.request_id for queue in list(_engine()._queues.values()) for q in list(queue))
+    queues = list(_engine().dispatcher.queues.values())
+    return any(q.request_id == ev.request_id for queue in queues for q in list(queue))
 
 
 def wait_ahead(ev: Any) -> None:
@@ -77,7 +79,7 @@ def own_logs(ev: Any, *tail: str) -> None:
 def sent_ahead(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """The RequestIds the engine sent ahead (to a busy instance, not offered to an idle one)."""
     seen: list[str] = []
-    original = engine_module.Engine._feed
+    original = Sending.feed
 
     def spy(self: Any, inst: Any, ahead: Any, upto: int | None = None) -> None:
         before = inst.sent_upto
@@ -85,7 +87,7 @@ def sent_ahead(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         if upto is None:
             seen.extend(e.request_id for e, seq, _ in ahead.pending if before < seq <= inst.sent_upto)
 
-    monkeypatch.setattr(engine_module.Engine, "_feed", spy)
+    monkeypatch.setattr(Sending, "feed", spy)
     yield seen
 
 
@@ -200,7 +202,7 @@ def test_an_idle_instance_takes_over_events_waiting_behind_a_long_one(scf: Any, 
 def _on_engine_thread(engine: Any, fn: Any) -> None:
     """Run ``fn`` on the engine thread (its poller is not thread-safe) and wait for it."""
     done = threading.Event()
-    engine._post(("call", lambda: (fn(), done.set())))
+    engine.loop.post(lambda: (fn(), done.set()))
     assert done.wait(10)
 
 
@@ -220,29 +222,25 @@ class Unread:
 
     def hold_now(self) -> None:
         for fd in self.fds:
-            self.held[fd] = self.engine._sel.data[fd]
-            self.engine._sel.unregister(fd)
+            self.held[fd] = self.engine.loop.poller.data[fd]
+            self.engine.loop.poller.unregister(fd)
 
     def resume_now(self) -> None:
         for fd, data in self.held.items():
-            if (fd in self.inst.open_fds or fd == self.inst.pidfd) and fd not in self.engine._sel.data:
-                self.engine._sel.register(fd, data)
+            if (fd in self.inst.open_fds or fd == self.inst.pidfd) and fd not in self.engine.loop.poller.data:
+                self.engine.loop.poller.register(fd, data)
 
-
-@pytest.fixture
-def engine_calls(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine_module.Engine, "_cmd_call", lambda self, fn: fn(), raising=False)
 
 
 @pytest.mark.parametrize("kill", ["terminate", "timeout"])
 def test_a_kill_meant_for_an_event_that_returned_spares_the_one_that_started_after_it(
-        scf: Any, tmp_path: Path, engine_calls: None, kill: str) -> None:
+        scf: Any, tmp_path: Path, kill: str) -> None:
     """The worker started e2 (so e1 returned), but the engine has not read e1's "done" yet: a terminate or a
     timeout aimed at e1 must find e2 started, end e1 FINISHED from its "done", and kill nothing."""
     timeout = 3 if kill == "timeout" else 300
     e1, e2, pid = _busy_with_one_behind(scf, tmp_path, second={"gate": str(tmp_path / "gate2")}, timeout=timeout)
     engine = _engine()
-    inst = next(i for i in list(engine._all) if i.pid == pid)
+    inst = next(i for i in list(engine.dispatcher.instances) if i.pid == pid)
     unread = Unread(engine, inst, [inst.conn_fd, *inst.streams])  # its "done" and lines wait in the kernel
     unread.hold()
     try:
@@ -263,8 +261,7 @@ def test_a_kill_meant_for_an_event_that_returned_spares_the_one_that_started_aft
     own_logs(e2, f"after gate {e2.request_id}")
 
 
-def test_a_finished_event_on_an_instance_being_killed_leaves_it_to_die(scf: Any, tmp_path: Path,
-                                                                       engine_calls: None) -> None:
+def test_a_finished_event_on_an_instance_being_killed_leaves_it_to_die(scf: Any, tmp_path: Path) -> None:
     """e1's "done" is read but its END markers are not when e1 is terminated (the kill wins): once the markers
     come, e1 ends FINISHED (it returned) and the dying instance must not be given the next event."""
     scf.create_function("one", HANDLER, async_run=True, concurrency=1, timeout=300)
@@ -272,7 +269,7 @@ def test_a_finished_event_on_an_instance_being_killed_leaves_it_to_die(scf: Any,
     e1 = scf.invoke("one", {"gate": str(tmp_path / "gate1"), "touch": str(started)})
     pid = int(wait_until(lambda: started.exists() and started.read_text(), 30, "e1 to start"))  # type: ignore[arg-type]
     engine = _engine()
-    inst = next(i for i in list(engine._all) if i.pid == pid)
+    inst = next(i for i in list(engine.dispatcher.instances) if i.pid == pid)
     unread = Unread(engine, inst, list(inst.streams))  # the pipes only: "done" comes in before the END markers
     unread.hold()
     try:
@@ -308,7 +305,7 @@ def test_room_freed_by_a_kill_takes_events_waiting_behind_a_long_one(scf: Any, t
 def test_big_events_are_not_sent_ahead(scf: Any, tmp_path: Path) -> None:
     # A busy instance does not read its socket: only events that surely fit in its buffer go ahead, so the
     # engine never blocks on a send (and a terminate still works at once).
-    from scf_nb.core.dispatch import AHEAD_MAX_BYTES
+    from scf_nb.instances.loky.sending import AHEAD_MAX_BYTES
 
     scf.create_function("one", HANDLER, async_run=True, concurrency=1, timeout=300)
     started = tmp_path / "e1-started"
@@ -331,7 +328,7 @@ def test_a_terminate_waits_for_a_stalled_worker_to_answer(scf: Any, tmp_path: Pa
     import fcntl
 
     e1, e2, pid = _busy_with_one_behind(scf, tmp_path)
-    fd = os.open(_engine()._ahead[("default", "one")].shared.path, os.O_RDWR)
+    fd = os.open(_engine().backend.ahead[("default", "one")].shared.path, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         assert e2.terminate(wait=False) == "QUEUED"
@@ -345,14 +342,13 @@ def test_a_terminate_waits_for_a_stalled_worker_to_answer(scf: Any, tmp_path: Pa
     assert not (tmp_path / "e2-ran").exists()
 
 
-def test_an_instance_killed_after_running_what_was_sent_ahead_loses_none_of_it(scf: Any, tmp_path: Path,
-                                                                             engine_calls: None) -> None:
+def test_an_instance_killed_after_running_what_was_sent_ahead_loses_none_of_it(scf: Any, tmp_path: Path) -> None:
     """The instance runs everything sent ahead, then dies (SIGKILL from outside) before the engine has read
     their "done" messages: every one of them is FINISHED with its own lines, and the next event runs."""
     e1, _e2, pid = _busy_with_one_behind(scf, tmp_path)
     engine = _engine()
-    inst = next(i for i in list(engine._all) if i.pid == pid)
-    from scf_nb.core.dispatch import AHEAD
+    inst = next(i for i in list(engine.dispatcher.instances) if i.pid == pid)
+    from scf_nb.instances.loky.sending import AHEAD
 
     more = AHEAD // 2  # sending ahead stops past half of AHEAD pending (it refills in batches): later waits
     ahead = [_e2, *(scf.invoke("one", {"lines": 3, "touch": str(tmp_path / f"a{i}")}) for i in range(more))]
@@ -378,7 +374,7 @@ def test_an_instance_killed_after_running_what_was_sent_ahead_loses_none_of_it(s
         os.kill(pid, signal.SIGKILL)
         wait_until(dead, 10, "the instance to be dead")
         unread.resume_now()
-        engine._on_conn(inst.conn_fd, inst)  # the socket first, as epoll may well order it
+        engine.backend.channels.on_conn(inst.conn_fd, inst)  # the socket first, as epoll may well order it
 
     unread.hold()
     (tmp_path / "gate1").touch()

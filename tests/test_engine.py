@@ -337,7 +337,7 @@ def test_ended_events_leave_no_timer_behind(scf: Any) -> None:
     done, _ = scf.wait([scf.invoke("brief", {"i": i, "pad": "x" * 1000}) for i in range(300)], timeout=60)
     assert len(done) == 300
     engine = scf.client().engine
-    assert len(engine._timers) <= 2 + 1  # at most one per instance, plus the engine's tick
+    assert len(engine.loop.timers) <= 2 + 1  # at most one per instance, plus the engine's tick
 
 
 def test_short_events_report_resident_memory(scf: Any) -> None:

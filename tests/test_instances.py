@@ -14,8 +14,6 @@ from typing import Any
 import pytest
 from conftest import GATE, wait_until
 
-from scf_nb.core import engine as engine_module
-
 HANDLER = GATE + textwrap.dedent('''
     def main_handler(event, context):
         touch(event["started"], str(os.getpid()))
@@ -24,14 +22,10 @@ HANDLER = GATE + textwrap.dedent('''
 ''')
 
 
-@pytest.fixture
-def engine_calls(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine_module.Engine, "_cmd_call", lambda self, fn: fn(), raising=False)
-
 
 def _on_engine_thread(engine: Any, fn: Any) -> None:
     done = threading.Event()
-    engine._post(("call", lambda: (fn(), done.set())))
+    engine.loop.post(lambda: (fn(), done.set()))
     assert done.wait(10)
 
 
@@ -56,29 +50,29 @@ def _late_status(popen: Any, engine_thread: threading.Thread, release: threading
 
 
 def test_the_cause_of_death_is_kept_when_loky_reaps_the_process_before_the_engine_looks(
-        scf: Any, tmp_path: Path, engine_calls: None) -> None:
+        scf: Any, tmp_path: Path) -> None:
     scf.create_function("held", HANDLER, async_run=True, timeout=300)
     started = tmp_path / "started"
     ev = scf.invoke("held", {"started": str(started), "gate": str(tmp_path / "gate")})
     text = wait_until(lambda: started.exists() and started.read_text(), 30, "the event to start")
     pid = int(text)  # type: ignore[arg-type]
     engine = scf.client().engine
-    inst = next(i for i in list(engine._all) if i.pid == pid)
+    inst = next(i for i in list(engine.dispatcher.instances) if i.pid == pid)
     if inst.pidfd is None:
         pytest.skip("no pidfd on this kernel")
     release = threading.Event()
-    _late_status(inst.process._popen, engine._thread, release)
+    _late_status(inst.process._popen, engine.loop.thread, release)
     watched = [inst.conn_fd, *inst.streams, inst.pidfd]
     held: dict[int, Any] = {}
 
     def hold() -> None:
         for fd in watched:
-            held[fd] = engine._sel.data[fd]
-            engine._sel.unregister(fd)
+            held[fd] = engine.loop.poller.data[fd]
+            engine.loop.poller.unregister(fd)
 
     def resume() -> None:
         for fd, data in held.items():
-            engine._sel.register(fd, data)
+            engine.loop.poller.register(fd, data)
 
     _on_engine_thread(engine, hold)
     try:

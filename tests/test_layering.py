@@ -139,3 +139,52 @@ def test_only_the_api_chooses_the_client() -> None:
             continue
         text = path.read_text()
         assert not re.search(r"\b(Client|Engine)\(|\.engine\b|\b_client\b", text), path.name
+
+
+# -- only the backend holds loky, pidfd and /proc detail --------------------------------------------------------
+LOKY_BACKEND = "instances/loky/"
+FACTORY = "instances/__init__.py"  # open_backend: the one place that names the loky backend
+
+
+def backend_details(source: str) -> list[tuple[int, str]]:
+    """What in ``source`` (code, not docstrings or comments) reaches the loky backend or the OS's process
+    details: an import of loky or of the loky subpackage, ``pidfd_open``, a ``/proc`` path."""
+    tree = ast.parse(source)
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if "loky" in a.name.split(".")]
+        elif isinstance(node, ast.ImportFrom):
+            parts = (node.module or "").split(".")
+            if "loky" in parts or any(a.name == "loky" for a in node.names):
+                found.append((node.lineno, f"from {'.' * node.level}{node.module or ''}"))
+        elif isinstance(node, ast.Attribute) and node.attr == "pidfd_open":
+            found.append((node.lineno, "pidfd_open"))
+        elif (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+              and "/proc" in node.value):  # (an f-string's parts are constants too)
+            found.append((node.lineno, node.value[:40]))
+    return found
+
+
+def test_the_backend_check_finds_details() -> None:
+    assert backend_details("from .loky.backend import LokyBackend") == [(1, "from .loky.backend")]
+    assert backend_details("import os\nfd = os.pidfd_open(1)") == [(2, "pidfd_open")]
+    assert backend_details('open(f"/proc/{pid}/stat")') == [(1, "/proc/")]
+    assert backend_details('"""Reads /proc."""\nfrom ..instances import loky') == [(2, "from ..instances")]
+    assert backend_details((PACKAGE / "instances" / "loky" / "channels.py").read_text())
+
+
+def test_only_the_loky_backend_holds_loky_pidfd_or_proc_detail() -> None:
+    """The engine, the store, the client and the domain reach instances only through the backend interface:
+    nothing outside ``instances/loky/`` (and the factory that opens it) imports loky or the loky backend, opens
+    a pidfd or reads /proc."""
+    outside = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = path.relative_to(PACKAGE).as_posix()
+        if not name.startswith(LOKY_BACKEND) and name != FACTORY and backend_details(path.read_text()):
+            outside[name] = backend_details(path.read_text())
+    assert outside == {}

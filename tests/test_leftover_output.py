@@ -14,7 +14,6 @@ import pytest
 from conftest import GATE, kill_quietly, pid_alive, wait_until
 
 import scf_nb
-from scf_nb.core import engine as engine_module
 
 # Prints "daemon <i> <rid>" every 20 ms (and writes <i> to its progress file after each line) until its gate
 # file exists, then "daemon end <n> <rid>": n lines were printed before it.
@@ -164,7 +163,7 @@ def _engine() -> Any:
 
 
 def _instance(pid: int) -> Any:
-    return next(i for i in list(_engine()._all) if i.pid == pid)
+    return next(i for i in list(_engine().dispatcher.instances) if i.pid == pid)
 
 
 @pytest.mark.parametrize("case", ["child", "zombie", "daemon of an earlier event"])
@@ -187,18 +186,14 @@ def test_events_that_leave_no_process_behind_keep_the_pipes(scf: Any, case: str)
             kill_quietly(daemon)
 
 
-@pytest.fixture
-def engine_calls(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine_module.Engine, "_cmd_call", lambda self, fn: fn(), raising=False)
-
 
 def _on_engine_thread(fn: Any) -> None:
     done = threading.Event()
-    _engine()._post(("call", lambda: (fn(), done.set())))
+    _engine().loop.post(lambda: (fn(), done.set()))
     assert done.wait(10)
 
 
-def test_events_sent_ahead_around_one_that_leaves_a_daemon(scf: Any, tmp_path: Path, engine_calls: None) -> None:
+def test_events_sent_ahead_around_one_that_leaves_a_daemon(scf: Any, tmp_path: Path) -> None:
     """x, d, a, b run back to back (sent ahead) while the engine reads nothing of the instance: when it reads
     again, a's "done" (new pipes) comes with the "done"s of x and d still waiting for their END markers in the
     old pipes. x and d end there first; a keeps the old pipes, b gets the new ones."""
@@ -211,7 +206,7 @@ def test_events_sent_ahead_around_one_that_leaves_a_daemon(scf: Any, tmp_path: P
     a = scf.invoke("d", daemon_event(tmp_path, "child"))
     b = scf.invoke("d", {"while_daemon": str(tmp_path / "progress"), "touch": str(tmp_path / "b-done")})
     def sent_ahead() -> set[str]:
-        ahead = _engine()._ahead.get(("default", "d"))
+        ahead = _engine().backend.ahead.get(("default", "d"))
         return set() if ahead is None else {e.request_id for e, *_ in list(ahead.pending)}
 
     wait_until(lambda: sent_ahead() == {d.request_id, a.request_id, b.request_id}, 20, "d, a and b to be sent ahead")
@@ -219,12 +214,12 @@ def test_events_sent_ahead_around_one_that_leaves_a_daemon(scf: Any, tmp_path: P
 
     def hold() -> None:
         for fd in [inst.conn_fd, *inst.streams]:
-            held[fd] = _engine()._sel.data[fd]
-            _engine()._sel.unregister(fd)
+            held[fd] = _engine().loop.poller.data[fd]
+            _engine().loop.poller.unregister(fd)
 
     def resume() -> None:
         for fd, data in held.items():
-            _engine()._sel.register(fd, data)
+            _engine().loop.poller.register(fd, data)
 
     _on_engine_thread(hold)
     try:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from scf_nb.core.logchannel import CONTINUED, MAX_LINE, LineSplitter
-from scf_nb.core.logchannel import END_MARKER
+from scf_nb.core.logchannel import CONTINUED, END_MARKER, MAX_LINE, LineSplitter
 
 READ = 1 << 18  # what the engine reads from a pipe at a time
 

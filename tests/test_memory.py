@@ -15,8 +15,8 @@ import pytest
 from conftest import wait_until
 
 from scf_nb.core import store as store_module
-from scf_nb.core.recent import RECENT_CHARS
 from scf_nb.core.store import Store
+from scf_nb.engine.recent import RECENT_CHARS
 
 NOOP = "def main_handler(event, context):\n    return None\n"
 

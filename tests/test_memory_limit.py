@@ -59,7 +59,7 @@ def limited(request: Any, home: Path) -> Iterator[Any]:
     try:
         engine = scf_nb.client().engine
         if request.param == "cgroup" and engine.memory_limit_mode == "watchdog":
-            pytest.skip(f"no memory cgroup on this machine: {engine._memory.reason}")
+            pytest.skip(f"no memory cgroup on this machine: {engine.backend.cgroups.reason}")
         assert (engine.memory_limit_mode == "watchdog") == (request.param == "watchdog")
         scf_nb.create_function("hog", HOG, async_run=True, memory_mb=LIMIT_MB)
         yield scf_nb
@@ -128,7 +128,7 @@ def cgrouped(home: Path) -> Iterator[Any]:
     try:
         engine = scf_nb.client().engine
         if engine.memory_limit_mode == "watchdog":
-            pytest.skip(f"no memory cgroup on this machine: {engine._memory.reason}")
+            pytest.skip(f"no memory cgroup on this machine: {engine.backend.cgroups.reason}")
         scf_nb.create_function("hog", HOG, async_run=True, memory_mb=LIMIT_MB)
         yield scf_nb
     finally:
@@ -137,7 +137,7 @@ def cgrouped(home: Path) -> Iterator[Any]:
 
 def test_each_limited_instance_has_a_cgroup_removed_when_it_is_reaped_and_at_close(cgrouped: Any,
                                                                                     tmp_path: Path) -> None:
-    folder = Path(cgrouped.client().engine._memory.folder)
+    folder = Path(cgrouped.client().engine.backend.cgroups.folder)
     started, gate = tmp_path / "started", tmp_path / "gate"
     ev = cgrouped.invoke("hog", {"kind": "gate", "started": str(started), "gate": str(gate)})
     wait_until(started.exists, 30, "the event to start")
@@ -159,7 +159,7 @@ ENGINE = textwrap.dedent('''
     scf_nb.configure(home=sys.argv[1], memory_cgroups=True)
     scf_nb.create_function("hog", sys.argv[2], async_run=True, memory_mb=100)
     ev = scf_nb.invoke("hog", {"kind": "gate", "started": sys.argv[3], "gate": sys.argv[3] + ".never"})
-    print(scf_nb.client().engine._memory.folder, flush=True)
+    print(scf_nb.client().engine.backend.cgroups.folder, flush=True)
     time.sleep(600)
 ''')
 

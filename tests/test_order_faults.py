@@ -18,12 +18,10 @@ from typing import Any, Iterator
 import pytest
 from conftest import GATE, wait_until
 from processes import SLOW_START
-from test_ahead import HANDLER, Unread, _busy_with_one_behind, _engine, _on_engine_thread, engine_calls, pending
+from test_ahead import HANDLER, Unread, _busy_with_one_behind, _engine, _on_engine_thread, pending
 
 import scf_nb
 from scf_nb.instances.loky.ahead import STARTED
-
-__all__ = ["engine_calls"]  # a fixture, used by name
 
 
 class SlowStart:
@@ -130,22 +128,22 @@ def test_a_kill_of_an_instance_that_never_connected_fails_no_event(scf: Any, tmp
 def _spare_gone_for_sends(engine: Any) -> Any:
     """Make the spare gone as far as sends go, with the engine not knowing yet (its EOF and loky's word wait);
     returns what puts things back."""
-    spare = wait_until(lambda: engine._spare if engine._spare is not None and engine._spare.conn is not None
+    dispatcher = engine.dispatcher
+    spare = wait_until(lambda: dispatcher.spare if dispatcher.spare is not None and dispatcher.spare.conn is not None
                        else None, 30, "a connected spare")
     unread = Unread(engine, spare, [spare.conn_fd])
-    on_exit = engine._spawner._on_exit
-    engine._spawner._on_exit = lambda inst: None if inst is spare else on_exit(inst)
+    on_exit = engine.backend.spawner._on_exit
+    engine.backend.spawner._on_exit = lambda inst: None if inst is spare else on_exit(inst)
     unread.hold()
     _on_engine_thread(engine, lambda: spare.conn.shutdown(socket.SHUT_WR))
 
     def restore() -> None:
-        engine._spawner._on_exit = on_exit
+        engine.backend.spawner._on_exit = on_exit
         unread.resume()
     return restore
 
 
-def test_an_event_taken_back_for_an_instance_that_is_gone_is_not_lost(scf: Any, tmp_path: Path,
-                                                                      engine_calls: None) -> None:
+def test_an_event_taken_back_for_an_instance_that_is_gone_is_not_lost(scf: Any, tmp_path: Path) -> None:
     """e2 was sent ahead; e1's instance is killed, and the spare that takes e2 back turns out to be gone (its
     process died, not yet noticed): the failed send puts e2 back in the FIFO. Before, that FIFO was dropped
     at the end of the same dispatch (it was made there), and e2 stayed QUEUED forever."""
@@ -158,8 +156,7 @@ def test_an_event_taken_back_for_an_instance_that_is_gone_is_not_lost(scf: Any, 
         restore()
 
 
-def test_an_event_put_back_after_a_failed_send_starts_before_newer_ones(scf: Any, tmp_path: Path,
-                                                                        engine_calls: None) -> None:
+def test_an_event_put_back_after_a_failed_send_starts_before_newer_ones(scf: Any, tmp_path: Path) -> None:
     """As above with e3 sent ahead too: e2, put back in the FIFO, is older than e3 and starts first. Before,
     the dispatcher took the events sent ahead before the FIFO's head, so e3 ran first."""
     e1, e2, _pid = _busy_with_one_behind(scf, tmp_path)
@@ -203,7 +200,7 @@ def _zombie(pid: int) -> bool:
 
 
 def test_an_event_claimed_by_an_instance_killed_before_it_said_so_runs_elsewhere(
-        scf: Any, tmp_path: Path, engine_calls: None) -> None:
+        scf: Any, tmp_path: Path) -> None:
     """The worker claimed e2 (its record says STARTED) and was killed while sending e1's "done" (the engine
     was not reading: e1's result is big). The handler of e2 never started: a claim comes before the "done"
     and the run after it. Before, e2 failed "the instance died as it started the event"."""
@@ -214,8 +211,8 @@ def test_an_event_claimed_by_an_instance_killed_before_it_said_so_runs_elsewhere
     e2 = scf.invoke("one", {"touch": str(tmp_path / "e2-ran")})
     wait_until(lambda: e2.request_id in [e.request_id for e in pending()], 20, "e2 to be sent ahead")
     engine = _engine()
-    inst = next(i for i in list(engine._all) if i.pid == pid)
-    ahead = engine._ahead[("default", "one")]
+    inst = next(i for i in list(engine.dispatcher.instances) if i.pid == pid)
+    ahead = engine.backend.ahead[("default", "one")]
     seq = next(s for e, s, _ in list(ahead.pending) if e.request_id == e2.request_id)
     unread = Unread(engine, inst, [inst.conn_fd, *inst.streams])  # (the pipes' reader would read the socket too)
     unread.hold()
@@ -286,7 +283,7 @@ def main_handler(event, context):
 
 
 def test_an_event_sent_to_an_idle_instance_killed_before_the_engine_noticed_runs_elsewhere(
-        scf: Any, tmp_path: Path, engine_calls: None) -> None:
+        scf: Any, tmp_path: Path) -> None:
     """An idle instance is SIGKILLed from outside; before the engine notices (here held; in the stress: the
     engine was busy for 1-5 ms), it is sent the next event, and the send succeeds (a child of the instance
     keeps its socket open, as a process dying on a loaded machine does for a moment). That event never ran
@@ -294,10 +291,10 @@ def test_an_event_sent_to_an_idle_instance_killed_before_the_engine_noticed_runs
     scf.create_function("one", FORKER, async_run=True, concurrency=1, timeout=300)
     first = scf.invoke("one", {"fork": True}).result(timeout=30)
     engine = _engine()
-    inst = next(i for i in list(engine._all) if i.pid == first["pid"])
+    inst = next(i for i in list(engine.dispatcher.instances) if i.pid == first["pid"])
     unread = Unread(engine, inst, [inst.conn_fd, *inst.streams, inst.pidfd])
-    on_exit = engine._spawner._on_exit
-    engine._spawner._on_exit = lambda i: None if i is inst else on_exit(i)
+    on_exit = engine.backend.spawner._on_exit
+    engine.backend.spawner._on_exit = lambda i: None if i is inst else on_exit(i)
     unread.hold()
     try:
         os.kill(first["pid"], signal.SIGKILL)
@@ -306,7 +303,7 @@ def test_an_event_sent_to_an_idle_instance_killed_before_the_engine_noticed_runs
         wait_until(lambda: inst.offer is not None and inst.sent_upto > 0, 10, "the event to be offered to the dead instance")
         assert ev.status == "QUEUED"
     finally:
-        engine._spawner._on_exit = on_exit
+        engine.backend.spawner._on_exit = on_exit
         unread.resume()
         if not _zombie(first["child"]):
             os.kill(first["child"], signal.SIGKILL)
@@ -314,15 +311,15 @@ def test_an_event_sent_to_an_idle_instance_killed_before_the_engine_noticed_runs
 
 
 def test_an_instance_banned_as_its_event_ended_claims_what_it_holds_once_it_is_offered(
-        scf: Any, tmp_path: Path, engine_calls: None) -> None:
+        scf: Any, tmp_path: Path) -> None:
     """The only instance runs e1 and holds e2 (sent ahead). It is banned (as before any kill decision) while e1
     runs, so at e1's end it claims nothing and keeps e2. The engine then lifts the ban and offers e2 to it: it
     holds that run already, so nothing new would reach it unless the engine tells it to look again."""
     e1, e2, pid = _busy_with_one_behind(scf, tmp_path)
     engine = _engine()
-    inst = next(i for i in list(engine._all) if i.pid == pid)
+    inst = next(i for i in list(engine.dispatcher.instances) if i.pid == pid)
     banned: list[bool] = []
-    _on_engine_thread(engine, lambda: banned.append(engine._settle(inst) and inst.banned))
+    _on_engine_thread(engine, lambda: banned.append(engine.backend.settle(inst) and inst.banned))
     assert banned == [True]
     (tmp_path / "gate1").touch()
     assert e1.wait(30) == "FINISHED"

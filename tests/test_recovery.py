@@ -78,7 +78,8 @@ BUSY_ENGINE = textwrap.dedent('''
     queued = scf_nb.invoke("slow")
     engine = scf_nb.client().engine
     deadline = time.monotonic() + 60
-    while len(engine._all) < 3 or not all(i.pid for i in list(engine._all)):  # the two and a spare
+    instances = engine.dispatcher.instances
+    while len(instances) < 3 or not all(i.pid for i in list(instances)):  # the two and a spare
         if time.monotonic() > deadline:
             sys.exit("the instances did not start")
         time.sleep(0.01)

@@ -16,8 +16,6 @@ import pytest
 from conftest import kill_quietly, pid_alive, wait_until
 from engine_support import lines, wait_line
 
-from scf_nb.core import engine as engine_module
-
 # One function, several behaviours chosen by the event: what the terminated event does when it is killed.
 TARGET = r'''
 import os, signal, subprocess, sys, time
@@ -327,14 +325,13 @@ def test_instance_in_its_grace_period_still_counts_against_concurrency(scf: Any,
 def _on_engine_thread(engine: Any, fn: Any) -> None:
     """Run ``fn`` on the engine thread (its poller is not thread-safe) and wait for it."""
     done = threading.Event()
-    engine._post(("call", lambda: (fn(), done.set())))
+    engine.loop.post(lambda: (fn(), done.set()))
     assert done.wait(10)
 
 
 @pytest.fixture
-def no_spare(scf: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """An engine without a warm spare (every instance is a new process), that can run calls on its thread."""
-    monkeypatch.setattr(engine_module.Engine, "_cmd_call", lambda self, fn: fn(), raising=False)
+def no_spare(scf: Any) -> Iterator[Any]:
+    """An engine without a warm spare (every instance is a new process)."""
     scf.configure(warm_spare=False)
     try:
         yield scf
@@ -350,19 +347,19 @@ def test_terminate_of_an_event_whose_instance_has_not_connected_keeps_the_instan
     scf = no_spare
     make(scf, "work", concurrency=1)
     engine = scf.client().engine
-    listener = engine._listener.fileno()
-    _on_engine_thread(engine, lambda: engine._sel.unregister(listener))  # hellos wait in the backlog
+    listener = engine.backend.listener.fileno()
+    _on_engine_thread(engine, lambda: engine.loop.poller.unregister(listener))  # hellos wait in the backlog
     ev = scf.invoke("work", {"mode": "sleep"})
-    wait_until(lambda: engine._pools.get(("default", "work")), 10, "an instance to be started for it")
-    inst = engine._pools[("default", "work")][0]
+    wait_until(lambda: engine.dispatcher.pools.get(("default", "work")), 10, "an instance to be started for it")
+    inst = engine.dispatcher.pools[("default", "work")][0]
     assert inst.conn is None and ev.status == "QUEUED"
 
     assert ev.terminate() == "ABORTED"
-    assert inst.state == "starting" and inst in engine._pools[("default", "work")]  # not killed
+    assert inst.state == "starting" and inst in engine.dispatcher.pools[("default", "work")]  # not killed
     assert ev.info()["exit_reason"] == "terminated while queued"
     nxt = scf.invoke("work", {"mode": "sibling", "gate": "/", "n": 2})
     _on_engine_thread(engine, lambda: None)  # posted after the invoke: the engine has taken the event
     assert nxt.status == "QUEUED"
-    _on_engine_thread(engine, lambda: engine._sel.register(listener, (engine._on_accept, None)))
+    _on_engine_thread(engine, lambda: engine.loop.poller.register(listener, (engine.backend.channels.on_accept, None)))
     assert nxt.result(timeout=30)["pid"] == inst.pid  # the same process serves it once it connects
     assert pid_alive(inst.pid) and lines(ev) == []

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import pandas as pd
 
+from ..engine.engine import Engine
 from . import query
-from .engine import Engine
 from .errors import EventAborted, FunctionError, ScfError, invalid, not_found_event
 from .events import Event
 from .follow import LogFollower, follow_arguments

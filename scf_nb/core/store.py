@@ -113,17 +113,12 @@ def open_database(path: Path, memory_mb: int) -> duckdb.DuckDBPyConnection:
 
 
 def _lock_message(path: Path, text: str) -> str:
-    m = re.search(r"PID (\d+)", text)
+    # DuckDB names the holder: 'Conflicting lock is held in <its executable> (PID <pid>)'
+    m = re.search(r"held in (.*) \(PID (\d+)\)", text)
     if not m:
         return f"cannot open the store {path}: {text}"
-    pid = int(m.group(1))
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        cmd = "?"
-    return (f"the store {path} is in use by process {pid} ({cmd[:200]}). DuckDB lets one process write a "
-            f"store: stop that process, or give this one another home (scf_nb.configure(home=...) or "
+    return (f"the store {path} is in use by process {m.group(2)} ({m.group(1)[:200]}). DuckDB lets one process "
+            f"write a store: stop that process, or give this one another home (scf_nb.configure(home=...) or "
             f"SCF_NB_HOME)")
 
 

@@ -4,3 +4,20 @@ The engine starts, feeds and kills instances only through :class:`scf_nb.instanc
 loky implementation is ``instances/loky/``. This package is imported at every instance's cold start (the
 worker is under it): it stays light.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from ..core.config import Config
+    from ..engine.loop import Loop
+    from .backend import Backend
+
+
+def open_backend(config: Config, loop: Loop, close_at_exit: Callable[[], None]) -> Backend:
+    """The instance backend for ``config``, on the engine's ``loop``; ``close_at_exit`` (the engine's close)
+    runs at interpreter exit before anything the backend depends on is torn down."""
+    from .loky.backend import LokyBackend
+
+    return LokyBackend(config, loop, close_at_exit)

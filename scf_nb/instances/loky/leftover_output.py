@@ -14,47 +14,40 @@ So a line's event is known from the pipe it came through: what E's daemon prints
 E ended, and never to another event's. A retired pipe is at EOF when the last process holding it exits (or
 is killed with the instance); reaping waits for that as for any pipe.
 
-``LeftoverOutput`` is mixed into :class:`scf_nb.core.engine.Engine` (through ``InstanceIO``) and runs on the
-engine thread only.
+``Leftovers`` is a part of the channels (``channels.py``) and runs on the engine thread only.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .processes import REAPED, Instance
 from ...core.logchannel import LineSplitter, read_to_eof
+from ..backend import REAPED
 
 if TYPE_CHECKING:
     from ...core.records import EventState
-    from ...core.store import Store
+    from .channels import Channels
+    from .instance import LokyInstance
 
 
-class LeftoverOutput:
-    """The current and retired pipes of instances, mixed into the Engine."""
+class Leftovers:
+    """The current and retired pipes of instances."""
 
-    if TYPE_CHECKING:  # provided by Engine / InstanceIO
-        store: Store
-        _sel: Any
+    def __init__(self, channels: Channels) -> None:
+        self.channels = channels
+        self.loop = channels.loop
 
-        def clock(self) -> float: ...
-        def _on_pipe(self, fd: int, inst: Instance) -> bool: ...
-        def _lines(self, inst: Instance, splitter: LineSplitter, items: list[str | None]) -> None: ...
-        def _broken(self, inst: Instance) -> None: ...
-        def _close_fd(self, inst: Instance, fd: int) -> None: ...
-        def _maybe_reap(self, inst: Instance, force: bool = False) -> None: ...
-
-    def _add_pipes(self, inst: Instance, fds: list[int]) -> None:
+    def add_pipes(self, inst: LokyInstance, fds: list[int]) -> None:
         """``fds`` (read ends of the worker's fds 1 and 2) are the current pipes from now."""
         for pipe_fd, stream in zip(fds, ("stdout", "stderr")):
             os.set_blocking(pipe_fd, False)
             inst.streams[pipe_fd] = LineSplitter(stream)
-            self._sel.register(pipe_fd, (self._on_pipe, inst))
+            self.loop.watch(pipe_fd, self.channels.on_pipe, inst)
             inst.open_fds.add(pipe_fd)
 
-    def _rotate(self, inst: Instance) -> None:
+    def rotate(self, inst: LokyInstance) -> None:
         """The "done" being handled says its event left processes behind, so the worker moved fds 1/2 to new
         pipes (sent before the "done", on the side socket). Everything the worker wrote before that "done" is
         in the old pipes now: read it through the usual path, which ends the events whose END markers are in
@@ -77,13 +70,13 @@ class LeftoverOutput:
             self._store_owned(owner, splitter, held)
             inst.retired[fd] = (splitter, owner)
             try:
-                self._sel.unregister(fd)
+                self.loop.unwatch(fd)
             except KeyError:  # not being watched right now (a test holding it): watched as retired from now
                 pass
-            self._sel.register(fd, (self._on_retired, inst))
-        self._add_pipes(inst, new_fds)
+            self.loop.watch(fd, self._on_retired, inst)
+        self.add_pipes(inst, new_fds)
 
-    def _receive_pipes(self, inst: Instance) -> list[int]:
+    def _receive_pipes(self, inst: LokyInstance) -> list[int]:
         """The read ends of the worker's new pipes: one byte and two fds on the side socket per rotation."""
         try:
             _msg, fds, _flags, _a = socket.recv_fds(inst.side, 1, 2, socket.MSG_DONTWAIT)
@@ -93,10 +86,10 @@ class LeftoverOutput:
             return fds
         for fd in fds:
             os.close(fd)
-        self._broken(inst)
+        self.channels.broken(inst)
         return []
 
-    def _read_available(self, inst: Instance, fd: int, splitter: LineSplitter) -> None:
+    def _read_available(self, inst: LokyInstance, fd: int, splitter: LineSplitter) -> None:
         """Read a current pipe until it is empty (or at EOF, which its reader sees next)."""
         while True:
             try:
@@ -105,9 +98,9 @@ class LeftoverOutput:
                 return
             if not data:
                 return
-            self._lines(inst, splitter, splitter.feed(data))
+            self.channels.lines(inst, splitter, splitter.feed(data))
 
-    def _on_retired(self, fd: int, inst: Instance) -> None:
+    def _on_retired(self, fd: int, inst: LokyInstance) -> None:
         """Read a pipe that an event left to its leftover processes: all of it is that event's."""
         splitter, owner = inst.retired[fd]
         try:
@@ -119,16 +112,15 @@ class LeftoverOutput:
         if data:
             self._store_owned(owner, splitter, splitter.feed(data))
             return
-        self._drain_retired(inst, fd)
-        self._close_fd(inst, fd)
-        self._maybe_reap(inst)
+        self.drain_retired(inst, fd)
+        self.channels.close_fd(inst, fd)
+        self.channels.maybe_reap(inst)
 
-    def _drain_retired(self, inst: Instance, fd: int) -> None:
+    def drain_retired(self, inst: LokyInstance, fd: int) -> None:
         splitter, owner = inst.retired.pop(fd)
         read_to_eof(fd, splitter, lambda items: self._store_owned(owner, splitter, items))
 
     def _store_owned(self, ev: EventState | None, splitter: LineSplitter, items: list[str | None]) -> None:
         lines = [x for x in items if x is not None]  # an END marker here is nobody's: only leftovers write
         if lines and ev is not None:
-            self.store.add_lines(ev.key, ev.log_seq + 1, self.clock(), splitter.stream, lines)
-            ev.log_seq += len(lines)
+            self.channels.host.lines(ev, splitter.stream, lines)

@@ -49,9 +49,9 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from . import wire
 from ...core import results
 from ...core.logchannel import END_MARKER
+from . import wire
 from .ahead import Claims
 from .cgroups import oom_kills
 from .worker_pipes import OWN_ENDS as _OWN_ENDS

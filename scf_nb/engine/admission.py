@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .config import ASYNC_MAX_EVENT_BYTES, SYNC_MAX_EVENT_BYTES
-from .errors import ScfError, invalid
+from ..core.config import ASYNC_MAX_EVENT_BYTES, SYNC_MAX_EVENT_BYTES
+from ..core.errors import ScfError, invalid
 
 
 class TokenBucket:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from .records import EventState
+from ..core.records import EventState
 
 RECENT_EVENTS = 10_000  # ~5 MB of records for no-op events
 RECENT_CHARS = 8 << 20  # characters of their payloads, results and errors

@@ -1,0 +1,177 @@
+"""The engine thread's loop: one epoll wait, an inbox of calls from other threads, timers, turn hooks.
+
+Every part of the engine (and the instance backend) runs on this thread and schedules work with bound
+callables: ``post(fn, *args)`` from any thread, ``call_later(delay, fn, arg)`` and ``watch(fd, handler,
+obj)`` on this one. A turn: the inbox, the timers that are due, the ``TurnEnd`` parts that asked for the end
+of this turn (in the order they were added; each says how soon it wants the next turn), then the wait.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import select
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, Protocol
+
+log = logging.getLogger("scf_nb")
+
+
+class TurnEnd(Protocol):
+    """A part with work for the end of a turn: it sets ``turn_due`` when it has some (a flag costs the loop
+    nothing on the turns it is not set); ``turn_end`` does it and returns the longest wait it allows."""
+
+    turn_due: bool
+
+    def turn_end(self) -> float: ...
+
+
+class Poller:
+    """What the engine thread waits on: ``select.epoll`` with each fd's (handler, object) kept beside it (a
+    ``selectors`` selector does the same with a SelectorKey per ready fd, measurably slower per event)."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self.data: dict[int, tuple[Any, Any]] = {}
+
+    def register(self, fd: Any, data: tuple[Any, Any]) -> None:
+        fd = fd if isinstance(fd, int) else fd.fileno()
+        self._epoll.register(fd, select.EPOLLIN)
+        self.data[fd] = data
+
+    def unregister(self, fd: int) -> None:
+        del self.data[fd]
+        self._epoll.unregister(fd)
+
+    def select(self, timeout: float) -> list[tuple[int, tuple[Any, Any]]]:
+        """The ready fds with their (handler, object); a handler may unregister a later one: check
+        ``data[fd] is`` that pair before calling it."""
+        data = self.data
+        return [(fd, data[fd]) for fd, _ in self._epoll.poll(timeout) if fd in data]
+
+    def close(self) -> None:
+        self._epoll.close()
+
+
+class Loop:
+    """The engine's one thread and what it waits on."""
+
+    def __init__(self) -> None:
+        self.inbox: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self.timers: list[tuple[float, int, Callable[[Any], Any], Any]] = []  # a heap: (due, seq, fn, arg)
+        self._timer_seq = itertools.count()
+        self.poller = Poller()
+        self.turn_ends: list[TurnEnd] = []  # asked for at the end of a turn, before the wait
+        self.done: Callable[[], bool] | None = None  # once set, the loop ends on the first turn it says True
+        self.sleeping = False
+        self.errors = 0
+        self.thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.poller.register(self._wake_r, (self._on_wake, None))
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop's thread, soon (any thread)."""
+        self.inbox.append((fn, args))
+        if self.sleeping:
+            _wake(self._wake_w)
+
+    def call_later(self, delay: float, fn: Callable[[Any], Any], arg: Any = None) -> None:
+        """Run ``fn(arg)`` on the loop's thread ``delay`` seconds from now (the loop's thread only)."""
+        heapq.heappush(self.timers, (time.monotonic() + delay, next(self._timer_seq), fn, arg))
+
+    def watch(self, fd: int, handler: Callable[[int, Any], Any], obj: Any) -> None:
+        """Call ``handler(fd, obj)`` whenever ``fd`` is readable (the loop's thread only)."""
+        self.poller.register(fd, (handler, obj))
+
+    def unwatch(self, fd: int) -> None:
+        self.poller.unregister(fd)
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, name="scf_nb-engine", daemon=True)
+        self.thread.start()
+
+    def join(self, timeout: float) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout=timeout)
+
+    def close(self) -> None:
+        self.poller.close()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                if self._step():
+                    return
+            except Exception:
+                self.errors += 1
+                log.exception("scf_nb engine loop error")
+
+    def _step(self) -> bool:
+        inbox = self.inbox
+        while inbox:
+            fn, args = inbox.popleft()
+            fn(*args)
+        timeout = self._run_timers()
+        for part in self.turn_ends:
+            if part.turn_due:
+                wait = part.turn_end()
+                if wait < timeout:
+                    timeout = wait
+        if self.done is not None and self.done():
+            return True
+        self.sleeping = True
+        if inbox:
+            self.sleeping = False
+            return False
+        ready = self.poller.select(timeout)
+        self.sleeping = False
+        current = self.poller.data
+        for fd, item in ready:
+            if current.get(fd) is item:  # not unregistered (or its number reused) by an earlier handler
+                item[0](fd, item[1])
+        return False
+
+    def _run_timers(self) -> float:
+        timers = self.timers
+        now = time.monotonic()
+        while timers and timers[0][0] <= now:
+            _, _, fn, arg = heapq.heappop(timers)
+            fn(arg)
+        return max(0.0, timers[0][0] - now) if timers else 1.0
+
+    def _on_wake(self, fd: int, _: Any) -> None:
+        try:
+            while os.read(fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+
+def _make_wake() -> Any:
+    """A one-byte write that keeps the GIL. ``os.write`` releases it, and the engine thread it just woke
+    takes it and dispatches before ``invoke`` can return (measured: invoke p50 85 -> see bench/README.md)."""
+    try:
+        import ctypes
+
+        write = ctypes.PyDLL(None).write  # PyDLL: the call holds the GIL
+        write.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t)
+        write.restype = ctypes.c_ssize_t
+        return lambda fd: write(fd, b"\0", 1)
+    except (OSError, AttributeError):
+        def fallback(fd: int) -> None:
+            try:
+                os.write(fd, b"\0")
+            except OSError:
+                pass
+        return fallback
+
+
+_wake = _make_wake()
