@@ -3,7 +3,7 @@ the benchmark's engine process does not carry the generator's memory).
 
     python bench/storegen.py HOME N_EVENTS LINES_PER_EVENT
 
-Uses the engine's own schema (``scf_nb.core.store.SCHEMA``) and RequestIds from
+Uses the engine's own schema (``scf_nb.store.store.SCHEMA``) and RequestIds from
 ``scf_nb.core.records.make_request_id`` (the integer key embedded). 20 functions; 90% FINISHED, 7% FAILED,
 3% ABORTED; start times spread over the last 60 hours in key order (as the engine writes them); every event
 has LINES_PER_EVENT lines (the last on stderr).
@@ -25,7 +25,7 @@ def generate(home: Path, n_events: int, lines_per_event: int) -> dict:
     import pandas as pd
 
     from scf_nb.core.records import EVENT_COLUMNS, make_request_id
-    from scf_nb.core.store import SCHEMA
+    from scf_nb.store.store import SCHEMA
 
     t = time.perf_counter()
     home.mkdir(parents=True, exist_ok=True)

@@ -39,14 +39,14 @@ if TYPE_CHECKING:  # what __getattr__ loads on first use, for type checkers: the
     from .api import subscribe as subscribe
     from .api import terminate as terminate
     from .api import wait as wait
-    from .core.client import Client as Client
+    from .clients.embedded import Client as Client
+    from .clients.events import Event as Event
+    from .clients.protocol import ClientProtocol as ClientProtocol
     from .core.config import Config as Config
-    from .core.events import Event as Event
-    from .core.follow import LogLine as LogLine
     from .core.functions import Function as Function
-    from .core.observe import Changes as Changes
-    from .core.observe import Subscription as Subscription
-    from .core.protocol import ClientProtocol as ClientProtocol
+    from .store.follow import LogLine as LogLine
+    from .store.observe import Changes as Changes
+    from .store.observe import Subscription as Subscription
 
 __version__ = "0.1.0"
 
@@ -55,9 +55,9 @@ _API = {
     "delete_function", "invoke", "wait", "get_event", "get_event_status", "list_events", "overview", "terminate",
     "logs", "search_logs", "export", "purge", "follow", "subscribe",
 }
-_TYPES = {"Event": ".core.events", "Function": ".core.functions", "Client": ".core.client",
-          "ClientProtocol": ".core.protocol", "Config": ".core.config", "Changes": ".core.observe",
-          "Subscription": ".core.observe", "LogLine": ".core.follow"}
+_TYPES = {"Event": ".clients.events", "Function": ".core.functions", "Client": ".clients.embedded",
+          "ClientProtocol": ".clients.protocol", "Config": ".core.config", "Changes": ".store.observe",
+          "Subscription": ".store.observe", "LogLine": ".store.follow"}
 
 __all__ = sorted(_API | set(_TYPES) | {"ScfError", "FunctionError", "EventAborted", "Status",
                                        "load_ipython_extension", "unload_ipython_extension"})

@@ -1,7 +1,7 @@
 """The module-level API: ``scf_nb.invoke(...)`` and friends, each calling the same method of the default
-client, which ``client()`` alone chooses: today an embedded one (``core.client.Client``), whose engine runs in
+client, which ``client()`` alone chooses: today an embedded one (``clients.embedded.Client``), whose engine runs in
 this process and starts on first use with ``configure``'s settings. The functions have the protocol's
-signatures and docstrings (``core.protocol.ClientProtocol``; a test keeps them equal)."""
+signatures and docstrings (``clients.protocol.ClientProtocol``; a test keeps them equal)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
-from .core.client import Client
+from .clients.embedded import Client
+from .clients.events import Event
+from .clients.protocol import ClientProtocol, WaitResult, documented
 from .core.config import LIVE_SETTINGS, Config, from_environment
 from .core.errors import ScfError
-from .core.events import Event
-from .core.follow import LogFollower
 from .core.functions import LATEST, Function
-from .core.observe import Changes, Subscription
-from .core.protocol import ClientProtocol, WaitResult, documented
 from .engine.engine import Engine
+from .store.follow import LogFollower
+from .store.observe import Changes, Subscription
 
 _lock = threading.RLock()
 _client: Client | None = None

@@ -11,8 +11,8 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from . import api
+from .clients.events import Event
 from .core.errors import ScfError
-from .core.events import Event
 
 
 def _unquote(text: str) -> str:

@@ -13,8 +13,8 @@ import pytest
 from conftest import GATE, wait_until
 from engine_support import code_of
 
-from scf_nb.core import follow as follow_module
-from scf_nb.core import observe
+from scf_nb.store import follow as follow_module
+from scf_nb.store import observe
 
 CHATTY = GATE + '''
 def main_handler(event, context):

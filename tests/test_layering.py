@@ -38,18 +38,21 @@ def loaded_after(code: str, watch: list[str]) -> list[str]:
 def test_the_probe_sees_what_an_import_loads() -> None:
     """The check itself works: importing the magics adapter does load IPython."""
     assert "IPython" in loaded_after("import scf_nb.magics", JUPYTER)
-    assert "pandas" in loaded_after("import scf_nb.core.client", HEAVY)
+    assert "pandas" in loaded_after("import scf_nb.clients.embedded", HEAVY)
 
 
 def test_core_client_and_api_import_no_jupyter_code() -> None:
-    assert loaded_after("import scf_nb\nimport scf_nb.core.client\nimport scf_nb.api", JUPYTER) == []
+    assert loaded_after("import scf_nb\nimport scf_nb.clients.embedded\nimport scf_nb.api", JUPYTER) == []
 
 
 def test_every_core_module_imports_no_jupyter_code() -> None:
+    """Every module of every package (the domain, engine, instances, store, clients): only the adapters beside
+    them (``magics.py``) may."""
     code = """
-        import pkgutil, importlib, scf_nb.core
-        for m in pkgutil.iter_modules(scf_nb.core.__path__):
-            importlib.import_module("scf_nb.core." + m.name)
+        import pkgutil, importlib, scf_nb
+        for m in pkgutil.walk_packages(scf_nb.__path__, "scf_nb."):
+            if m.name != "scf_nb.magics":
+                importlib.import_module(m.name)
     """
     assert loaded_after(code, JUPYTER) == []
 
@@ -90,7 +93,7 @@ def test_an_instance_process_loads_no_pandas_duckdb_or_jupyter(scf: Any) -> None
 
 # -- only the store runs SQL ------------------------------------------------------------------------------------
 PACKAGE = Path(__file__).resolve().parent.parent / "scf_nb"
-STORE_LAYER = {"core/store.py", "core/stats.py", "core/logbuffer.py", "core/query.py"}
+STORE_LAYER = {"store/store.py", "store/stats.py", "store/logbuffer.py", "store/query.py"}
 SQL = re.compile(r"\bSELECT\b[\s\S]*\bFROM\b|\bINSERT\s+INTO\b|\bUPDATE\s+\w+\s+SET\b|\bDELETE\s+FROM\b|"
                  r"\b(CREATE|ALTER|DROP)\s+TABLE\b|\bCOPY\s*\(", re.IGNORECASE)
 
@@ -119,11 +122,11 @@ def test_the_sql_check_finds_sql() -> None:
     assert sql_texts('q = "select a, b from events where x = ?"') == [(1, "select a, b from events where x = ?")]
     assert sql_texts('q = f"DELETE FROM {table} WHERE k = ?"') != []
     assert sql_texts('"""Delete from the store: SELECT x FROM y."""\nmsg = "pick one from the list"') == []
-    assert sql_texts((PACKAGE / "core" / "store.py").read_text())
+    assert sql_texts((PACKAGE / "store" / "store.py").read_text())
 
 
 def test_only_the_store_layer_holds_sql() -> None:
-    """DESIGN.md: only the store runs SQL. Its layer is store.py, stats.py, logbuffer.py and query.py."""
+    """DESIGN.md: only the store runs SQL. Its layer is store.py, stats.py, logbuffer.py and query.py (store/)."""
     outside = {}
     for path in sorted(PACKAGE.rglob("*.py")):
         name = path.relative_to(PACKAGE).as_posix()

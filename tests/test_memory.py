@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from conftest import wait_until
 
-from scf_nb.core import store as store_module
-from scf_nb.core.store import Store
 from scf_nb.engine.recent import RECENT_CHARS
+from scf_nb.store import store as store_module
+from scf_nb.store.store import Store
 
 NOOP = "def main_handler(event, context):\n    return None\n"
 

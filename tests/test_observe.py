@@ -11,7 +11,7 @@ from typing import Any
 from conftest import GATE, wait_until
 from engine_support import code_of
 
-from scf_nb.core import observe
+from scf_nb.store import observe
 
 GATED = GATE + '''
 def main_handler(event, context):

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from conftest import GATE, wait_until
 
 import scf_nb
-from conftest import GATE, wait_until
 from scf_nb import api
-from scf_nb.core.client import Client
-from scf_nb.core.events import Event
-from scf_nb.core.protocol import ClientProtocol, WaitResult, members
+from scf_nb.clients.embedded import Client
+from scf_nb.clients.events import Event
+from scf_nb.clients.protocol import ClientProtocol, WaitResult, members
 
 MEMBERS = members()
 # the protocol's methods that are not module-level functions: the handle's own, and the client's life

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from scf_nb.core import query
 from scf_nb.core.errors import ScfError
-from scf_nb.core.query import EventFilter, LogFilter, OverviewFilter, SearchFilter
 from scf_nb.core.records import key_of
+from scf_nb.store import query
+from scf_nb.store.query import EventFilter, LogFilter, OverviewFilter, SearchFilter
 
 BAD_FILTERS = [
     (dict(status="DONE"), "InvalidParameterValue.Status",

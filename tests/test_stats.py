@@ -18,9 +18,9 @@ import pytest
 
 from scf_nb.core.functions import make_function
 from scf_nb.core.records import EventState, make_request_id
-from scf_nb.core.stats import MAX_MS, MIN_MS, RELATIVE_ERROR, OverviewStats, bucket_of, bucket_sql
 from scf_nb.core.status import Status
-from scf_nb.core.store import Store
+from scf_nb.store.stats import MAX_MS, MIN_MS, RELATIVE_ERROR, OverviewStats, bucket_of, bucket_sql
+from scf_nb.store.store import Store
 
 STATUSES = ("QUEUED", "RUNNING", "FINISHED", "FAILED", "ABORTED")
 

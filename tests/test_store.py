@@ -540,7 +540,7 @@ def test_export_writes_parquet_readable_by_duckdb(scf: Any, tmp_path: Path) -> N
 def test_a_running_event_reaches_the_file_without_any_read(scf: Any, tmp_path: Path) -> None:
     # The writer holds back new events for a moment (a short one is then written once, ended), but one that
     # runs on must be in the file soon, even if nothing reads: a crash loses at most that moment.
-    from scf_nb.core.store import HOLD_S
+    from scf_nb.store.store import HOLD_S
 
     scf.create_function("long", GATE + "\ndef main_handler(event, context):\n    wait_file(event['gate'])\n",
                         async_run=True)

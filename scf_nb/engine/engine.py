@@ -36,8 +36,8 @@ from ..core.errors import ScfError
 from ..core.functions import Function, Registry
 from ..core.records import EventState, make_request_id
 from ..core.status import Status
-from ..core.store import Store
 from ..instances import open_backend
+from ..store.store import Store
 from .admission import Admission, TokenBucket, encode_event
 from .dispatcher import Dispatcher
 from .lifecycle import Lifecycle

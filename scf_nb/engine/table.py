@@ -19,7 +19,7 @@ from .recent import RecentEvents
 
 if TYPE_CHECKING:
     from ..core.records import EventState
-    from ..core.store import Store
+    from ..store.store import Store
     from .settings import Settings
 
 log = logging.getLogger("scf_nb")

@@ -15,7 +15,7 @@
 memory controller. A mode counts only if a real process could be moved into a limited child cgroup (a probe
 process, killed at once). Where nothing works (no cgroup file system, not writable, no memory controller
 delegated) the mode is ``watchdog``: the engine samples the memory of busy limited instances instead
-(timers.py) and compares each event's peak with the limit when it ends.
+(engine/memory.py) and compares each event's peak with the limit when it ends.
 
 Why v2 uses the parent of the engine's cgroup (unless the engine is in the root): a v2 cgroup that holds
 processes, as the engine's does, cannot give its children the memory controller. Under a systemd user

@@ -16,9 +16,9 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from . import status as st
-from .errors import invalid
-from .records import key_of
+from ..core import status as st
+from ..core.errors import invalid
+from ..core.records import key_of
 from .stats import overview_frame
 from .store import Store
 

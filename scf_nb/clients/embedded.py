@@ -13,19 +13,19 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import pandas as pd
 
+from ..core.errors import EventAborted, FunctionError, ScfError, invalid, not_found_event
+from ..core.functions import LATEST, Function, make_function
+from ..core.records import EventState, key_of
+from ..core.results import decode as decode_result
+from ..core.status import Status
 from ..engine.engine import Engine
-from . import query
-from .errors import EventAborted, FunctionError, ScfError, invalid, not_found_event
+from ..store import query
+from ..store.follow import LogFollower, follow_arguments
+from ..store.observe import Changes, Subscription
+from ..store.query import EVENT_LIST_COLUMNS as EVENT_LIST_COLUMNS
+from ..store.query import INFO_COLUMNS as _INFO_COLUMNS
 from .events import Event
-from .follow import LogFollower, follow_arguments
-from .functions import LATEST, Function, make_function
-from .observe import Changes, Subscription
 from .protocol import WaitResult, documented
-from .query import EVENT_LIST_COLUMNS as EVENT_LIST_COLUMNS
-from .query import INFO_COLUMNS as _INFO_COLUMNS
-from .records import EventState, key_of
-from .results import decode as decode_result
-from .status import Status
 
 if TYPE_CHECKING:
     from .protocol import ClientProtocol

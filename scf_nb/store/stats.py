@@ -25,7 +25,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 
-from . import status as status_module
+from ..core import status as status_module
 
 BUCKETS_PER_OCTAVE = 16
 MIN_OCTAVE, MAX_OCTAVE = -10, 40

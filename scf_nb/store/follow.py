@@ -17,7 +17,7 @@ from collections import deque
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
 
-from .errors import invalid
+from ..core.errors import invalid
 
 if TYPE_CHECKING:
     from .logbuffer import Run

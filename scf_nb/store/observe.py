@@ -34,12 +34,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import ScfError
+from ..core.errors import ScfError
 from .follow import LogFollower, Tail
 
 if TYPE_CHECKING:
+    from ..core.records import EventState
     from .logbuffer import LogBuffer, Run
-    from .records import EventState
     from .store import Store
 
 log = logging.getLogger("scf_nb")

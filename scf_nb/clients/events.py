@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .follow import LogFollower
+    from ..store.follow import LogFollower
     from .protocol import ClientProtocol
 
 

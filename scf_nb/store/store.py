@@ -25,14 +25,14 @@ from typing import Any, Callable, Iterable
 import duckdb
 import pandas as pd
 
-from .errors import ScfError
-from .functions import Function
+from ..core.errors import ScfError
+from ..core.functions import Function
+from ..core.records import EVENT_COLUMNS, EventState
+from ..core.status import TERMINAL
 from .logbuffer import INSERT as _INSERT_LOGS
 from .logbuffer import HeapTrim, LogBuffer, runs_of
 from .observe import ChangeFeed
-from .records import EVENT_COLUMNS, EventState
 from .stats import OverviewStats, Summary, bucket_sql
-from .status import TERMINAL
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
