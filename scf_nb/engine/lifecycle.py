@@ -6,7 +6,6 @@ engine thread only; every status change goes through the event table.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..core.status import Status
@@ -48,6 +47,7 @@ class Lifecycle:
         self.dispatcher = dispatcher
         self.memory = memory
         self.backend = backend
+        self.pools = dispatcher.pools  # (read only)
         # Host reports that are another part's call, as is (one call less on the way of every event)
         self.dispatch = dispatcher.dispatch
         self.need_dispatch = dispatcher.need_dispatch
@@ -151,9 +151,6 @@ class Lifecycle:
         self.loop.call_later(0.1 if limited else 0.5, self.tick)
 
     # -- what the backend reports (Host) ---------------------------------------------------------------------
-    def pool(self, key: tuple[str, str]) -> Sequence[Instance]:
-        return self.dispatcher.pools.get(key, ())
-
     def connected(self, inst: Instance) -> None:
         inst.connected = True
         if inst.key is not None:

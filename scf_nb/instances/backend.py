@@ -24,10 +24,10 @@ All calls, both ways, are made on the engine thread; a backend's own threads use
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from ..core.functions import Function
     from ..core.records import EventState
@@ -61,16 +61,20 @@ class Death:
     oom_peak: int | None = None  # the kernel's OOM killer killed inside its memory limit, at this peak (bytes)
 
 
-class Done(NamedTuple):
+class Done:
     """An event's end, reported once its last line is in (``Host.finished``)."""
 
-    status: str  # "FINISHED", "FAILED" (the handler raised; payload: type, message, traceback), "ABORTED"
-    payload: Any  # the result's JSON text, or the error's dict (None: a SIGTERM nobody sent)
-    duration_ms: float
-    mem: int | None  # peak (or resident) memory of the event, bytes
-    end_time: float  # on the engine's clock
-    init_ms: float | None  # the cold start, when this event paid it
-    pickled: bytes | None  # the result's pickle, where JSON would lose it
+    __slots__ = ("status", "payload", "duration_ms", "mem", "end_time", "init_ms", "pickled")
+
+    def __init__(self, status: str, payload: Any, duration_ms: float, mem: int | None, end_time: float,
+                 init_ms: float | None, pickled: bytes | None) -> None:
+        self.status = status  # "FINISHED", "FAILED" (the handler raised; payload: type, message, traceback), "ABORTED"
+        self.payload = payload  # the result's JSON text, or the error's dict (None: a SIGTERM nobody sent)
+        self.duration_ms = duration_ms
+        self.mem = mem  # peak (or resident) memory of the event, bytes
+        self.end_time = end_time  # on the engine's clock
+        self.init_ms = init_ms  # the cold start, when this event paid it
+        self.pickled = pickled  # the result's pickle, where JSON would lose it
 
 
 class Instance:
@@ -105,8 +109,7 @@ class Instance:
 class Host(Protocol):
     """What a backend reports to the engine (``engine.lifecycle.Lifecycle``), on the engine thread."""
 
-    def pool(self, key: tuple[str, str]) -> Sequence[Instance]:
-        """The instances of function ``key`` not yet reaped (the busy ones may be sent events ahead)."""
+    pools: Mapping[tuple[str, str], Sequence[Instance]]  # per function, its instances not yet reaped (read only)
 
     def connected(self, inst: Instance) -> None:
         """``inst`` can serve: the engine loads its function (if it has one), makes it IDLE and dispatches."""

@@ -143,7 +143,7 @@ class Sending:
             if not ahead.shared.reserve(ahead.seq + 1):
                 return False
             seq = ahead.add(ev)
-            pool: Sequence[LokyInstance] = self.host.pool(key)  # type: ignore[assignment]
+            pool: Sequence[LokyInstance] = self.host.pools.get(key, ())  # type: ignore[assignment]
             for busy in pool:
                 if busy is not inst and self.claims_ahead(busy, ev.fn.revision):
                     self.feed(busy, ahead)
@@ -166,7 +166,7 @@ class Sending:
         head = queue[0]
         key = head.fn.key
         ahead = self.ahead.get(key)
-        pool: Sequence[LokyInstance] = self.host.pool(key)  # type: ignore[assignment]
+        pool: Sequence[LokyInstance] = self.host.pools.get(key, ())  # type: ignore[assignment]
         if ahead is not None and len(ahead.pending) > AHEAD * len(pool) // 2:  # enough are waiting (see below)
             return 0
         targets = [inst for inst in pool if self.claims_ahead(inst, head.fn.revision)]
@@ -411,7 +411,7 @@ class Sending:
         ahead = self.ahead.get(key) if key is not None else None
         if ahead is None or not ahead.pending:
             return True
-        pool: Sequence[LokyInstance] = self.host.pool(key)  # type: ignore[arg-type, assignment]
+        pool: Sequence[LokyInstance] = self.host.pools.get(key, ())  # type: ignore[arg-type, assignment]
         idle = {i.number: i for i in pool if i.event is None and i.sent_upto and i.state in (IDLE, DYING)}
         if not idle:
             return True
