@@ -191,3 +191,40 @@ def test_only_the_loky_backend_holds_loky_pidfd_or_proc_detail() -> None:
         if not name.startswith(LOKY_BACKEND) and name != FACTORY and backend_details(path.read_text()):
             outside[name] = backend_details(path.read_text())
     assert outside == {}
+
+
+# -- only the event table moves a status ------------------------------------------------------------------------
+STATUS_MOVERS = {"engine/table.py"}
+
+
+def status_assignments(source: str) -> list[int]:
+    """The lines of ``source`` that assign another object's ``status`` (``ev.status = ...``; a class setting
+    its own ``self.status`` is not an event's)."""
+    tree = ast.parse(source)
+    found = []
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, (ast.AugAssign, ast.AnnAssign)) else []
+        for target in targets:
+            for t in ast.walk(target):
+                if (isinstance(t, ast.Attribute) and t.attr == "status" and isinstance(t.ctx, ast.Store)
+                        and not (isinstance(t.value, ast.Name) and t.value.id == "self")):
+                    found.append(node.lineno)
+    return found
+
+
+def test_the_status_check_finds_assignments() -> None:
+    assert status_assignments("ev.status = Status.RUNNING\nx = ev.status\n") == [1]
+    assert status_assignments("a.status, b = 1, 2") == [1]
+    assert status_assignments("class Done:\n    def __init__(self, status):\n        self.status = status\n") == []
+    assert status_assignments((PACKAGE / "engine" / "table.py").read_text())
+
+
+def test_only_the_event_table_moves_a_status() -> None:
+    """Every status change goes through ``engine/table.py`` (and ``status.can_move``)."""
+    outside = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = path.relative_to(PACKAGE).as_posix()
+        if name not in STATUS_MOVERS and status_assignments(path.read_text()):
+            outside[name] = status_assignments(path.read_text())
+    assert outside == {}
