@@ -4,7 +4,8 @@ client API. ``%load_ext scf_nb`` registers them; ``%magic_name?`` shows the help
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class

@@ -16,8 +16,9 @@ import secrets
 import signal
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from . import wire
 from .cgroups import Cgroup

@@ -48,7 +48,7 @@ class LeftoverOutput:
 
     def _add_pipes(self, inst: Instance, fds: list[int]) -> None:
         """``fds`` (read ends of the worker's fds 1 and 2) are the current pipes from now."""
-        for pipe_fd, stream in zip(fds, ("stdout", "stderr")):
+        for pipe_fd, stream in zip(fds, ("stdout", "stderr"), strict=True):
             os.set_blocking(pipe_fd, False)
             inst.streams[pipe_fd] = LineSplitter(stream)
             self._sel.register(pipe_fd, (self._on_pipe, inst))

@@ -11,8 +11,9 @@ errors, and only the store's layer (``store.py``, ``stats.py``, ``logbuffer.py``
 from __future__ import annotations
 
 import operator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -316,7 +317,7 @@ def _one(store: Store, columns: str, request_id: str) -> tuple[Any, ...] | None:
 def event_record(store: Store, request_id: str) -> dict[str, Any] | None:
     """The stored event's ``INFO_COLUMNS`` (the result's JSON text, never its pickle); None if there is none."""
     row = _one(store, ", ".join(INFO_COLUMNS), request_id)
-    return None if row is None else dict(zip(INFO_COLUMNS, row))
+    return None if row is None else dict(zip(INFO_COLUMNS, row, strict=True))
 
 
 def event_status(store: Store, request_id: str) -> tuple[str, bool] | None:
