@@ -28,6 +28,8 @@ from .instances import REAPED, Instance
 from .logchannel import LineSplitter, read_to_eof
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .records import EventState
     from .store import Store
 
@@ -39,7 +41,7 @@ class LeftoverOutput:
         store: Store
         _sel: Any
 
-        def clock(self) -> float: ...
+        clock: Callable[[], float]
         def _on_pipe(self, fd: int, inst: Instance) -> bool: ...
         def _lines(self, inst: Instance, splitter: LineSplitter, items: list[str | None]) -> None: ...
         def _broken(self, inst: Instance) -> None: ...

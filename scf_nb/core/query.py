@@ -50,7 +50,7 @@ def epoch(value: Any, name: str) -> float:
     except (ValueError, TypeError):
         raise invalid("TimeInterval", f"{name}: cannot read {value!r} as a time; use 'YYYY-MM-DD HH:MM:SS', "
                                       f"a datetime or epoch seconds") from None
-    if ts is pd.NaT:
+    if pd.isna(ts):  # pd.Timestamp gives NaT for 'NaT', '' or None (its stubs say Timestamp)
         raise invalid("TimeInterval", f"{name}: {value!r} is not a time")
     if ts.tzinfo is None:
         return float(ts.to_pydatetime().astimezone().timestamp())
