@@ -83,7 +83,8 @@ class Instance:
         self.banned = False
         self.offer: int | None = None  # idle: the record of the event offered to it (to claim now), if any
         self.offer_at = 0  # ... and how many runs it had been sent by then
-        self.unbound: list[tuple[LineSplitter, list[str]]] = []  # lines that may be of an event it claimed idle (unsure)
+        # lines that may be of an event it claimed idle (unsure)
+        self.unbound: list[tuple[LineSplitter, list[str]]] = []
         self.settling = False  # the engine is catching up with what it claimed, before a kill
         self.deadline = 0.0  # time.monotonic() by which its event must end
         self.deadline_armed = False  # a "deadline" timer is pending for it
