@@ -3,16 +3,34 @@ client API. ``%load_ext scf_nb`` registers them; ``%magic_name?`` shows the help
 
 from __future__ import annotations
 
+import argparse
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic import Magics, magics_class
 
 from . import api
 from .core.errors import ScfError
 from .core.events import Event
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+if TYPE_CHECKING:  # the decorators return what they decorate: IPython's magic_arguments has no annotations,
+    # and its line_magic / cell_magic say "the function or a decorator" (they also take a name)
+    _F = TypeVar("_F", bound=Callable[..., Any])
+
+    def line_magic(func: _F) -> _F: ...
+    def cell_magic(func: _F) -> _F: ...
+    def magic_arguments(name: str | None = None) -> Callable[[_F], _F]: ...
+    def argument(*args: Any, **kwargs: Any) -> Callable[[_F], _F]: ...
+    def parse_argstring(magic_func: Callable[..., Any], argstring: str, *,
+                        partial: bool = False) -> argparse.Namespace: ...
+else:
+    from IPython.core.magic import cell_magic, line_magic
+    from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 
 def _unquote(text: str) -> str:
@@ -22,7 +40,7 @@ def _unquote(text: str) -> str:
     return text
 
 
-def _parse(magic: Callable[..., Any], line: str) -> Any:
+def _parse(magic: Callable[..., Any], line: str) -> argparse.Namespace:
     try:
         return parse_argstring(magic, line)
     except UsageError:
@@ -49,7 +67,7 @@ def _print_followed(request_id: str, stream: str | None) -> None:
     print(f"-- {_call(api.client().wait_event, request_id, 0)}")
 
 
-def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def _call(fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
     """One API call; its ScfError becomes a one-line UsageError, not a traceback."""
     try:
         return fn(*args, **kwargs)
@@ -113,9 +131,10 @@ class ScfMagics(Magics):
             except json.JSONDecodeError as e:
                 raise UsageError(f"scf_invoke: --event is not valid JSON: {e}") from None
         elif args.event_var is not None:
-            if args.event_var not in self.shell.user_ns:
+            user_ns = self._user_ns()
+            if args.event_var not in user_ns:
                 raise UsageError(f"scf_invoke: no variable named {args.event_var!r}")
-            event = self.shell.user_ns[args.event_var]
+            event = user_ns[args.event_var]
         return _call(api.invoke, _unquote(args.name), event, qualifier=_unquote(args.qualifier),
                      namespace=args.namespace)
 
@@ -180,8 +199,13 @@ class ScfMagics(Magics):
 
     def _request_id(self, text: str) -> str:
         text = _unquote(text)
-        value = self.shell.user_ns.get(text) if text.isidentifier() else None
+        value = self._user_ns().get(text) if text.isidentifier() else None
         return value.request_id if isinstance(value, Event) else text
+
+    def _user_ns(self) -> dict[str, Any]:
+        assert self.shell is not None, "the magics are registered on a shell"
+        user_ns: dict[str, Any] = self.shell.user_ns
+        return user_ns
 
 
 def load(ipython: Any) -> None:

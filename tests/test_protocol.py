@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import ast
 import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
+from conftest import GATE, wait_until
 
 import scf_nb
-from conftest import GATE, wait_until
 from scf_nb import api
 from scf_nb.core.client import Client
 from scf_nb.core.events import Event

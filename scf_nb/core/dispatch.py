@@ -35,6 +35,8 @@ CLAIMS_POLL_S = 0.001  # an idle instance offered an event: the records are read
 CLAIMS_POLL_MAX_S = 0.05  # ... up to this, until it has claimed, or said it claimed none
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .config import Config
     from .functions import Function
     from .records import EventState
@@ -123,7 +125,8 @@ class Dispatcher:
         _numbers: Any
         _spawner: Any
 
-        def clock(self) -> float: ...
+        clock: Callable[[], float]
+
         def _schedule(self, delay: float, kind: str, obj: Any) -> None: ...
         def _kill(self, inst: Instance, outcome: Any, sig: int = ..., grace: float = ...) -> None: ...
         def _on_conn(self, fd: int, inst: Instance) -> bool: ...
@@ -420,7 +423,7 @@ class Dispatcher:
         cap = AHEAD * len(targets)
         if len(ahead.pending) > cap // 2:  # refill in batches: one lock and one send per instance for several
             return
-        batch = []
+        batch: list[EventState] = []
         for ev in queue:
             if len(batch) + len(ahead.pending) >= cap or ev.fn.revision != head.fn.revision or not _small(ev.payload):
                 break

@@ -47,8 +47,8 @@ from .config import Config
 from .dispatch import _CPUS, Ahead, Dispatcher
 from .errors import ScfError
 from .functions import Function, Registry
-from .instance_io import REAPED, InstanceIO, Poller
-from .instances import DYING, IDLE, Instance, Outcome, Spawner, at_exit, cancel_at_exit, leftovers
+from .instance_io import InstanceIO, Poller
+from .instances import DYING, IDLE, REAPED, Instance, Outcome, Spawner, at_exit, cancel_at_exit, leftovers
 from .recent import RecentEvents
 from .records import EventState, make_request_id
 from .status import Status, can_move

@@ -93,7 +93,6 @@ class InstanceIO(LeftoverOutput):
         def _feed(self, inst: Instance, ahead: Any) -> None: ...
         def _begin(self, inst: Instance, ev: EventState, now: float | None = None) -> None: ...
         _ahead: dict[tuple[str, str], Any]
-        def _handle_msgs(self, inst: Instance) -> bool: ...
         def _broken(self, inst: Instance) -> None: ...
         def _steal(self, idle: Instance) -> None: ...
         def _schedule(self, delay: float, kind: str, obj: Any) -> None: ...
@@ -188,7 +187,7 @@ class InstanceIO(LeftoverOutput):
     def _started(self, inst: Instance, seq: int, claimed_at: float) -> None:
         """The idle ``inst`` claimed record ``seq`` (the records say so, or its "done" does): it runs that event
         from the moment of the claim."""
-        ahead = self._ahead[inst.key]
+        ahead = self._ahead[inst.key]  # type: ignore[index]
         ahead.unoffer(inst)
         nxt = self._claimed(inst, seq)
         if nxt is None:
@@ -205,7 +204,9 @@ class InstanceIO(LeftoverOutput):
         """Bind the events that idle instances of function ``key`` have claimed: a worker that claims while idle
         runs at once and says nothing until its "done" (the claim is in the records). False: the records
         could not be read now (a worker holds their lock), ask again shortly."""
-        ahead = self._ahead.get(key) if key is not None else None
+        if key is None:
+            return True
+        ahead = self._ahead.get(key)
         if ahead is None or not ahead.pending:
             return True
         idle = {i.number: i for i in self._pools.get(key, ()) if i.event is None and i.sent_upto
@@ -416,8 +417,8 @@ class InstanceIO(LeftoverOutput):
                 self._store_lines(inst, splitter, [x for x in held if x is not None])
         if inst.event is None:
             self._sync_claims(inst.key)  # it claimed while idle: that event may have run, and dies with it
-        held, inst.unbound = inst.unbound, []
-        for splitter, lines in held:  # (the records could not be read: the best guess)
+        unbound, inst.unbound = inst.unbound, []
+        for splitter, lines in unbound:  # (the records could not be read: the best guess)
             self._store_lines(inst, splitter, lines, sure=True)
         ev, inst.event = inst.event, None
         if ev is not None and not ev.status.is_terminal:
@@ -425,6 +426,7 @@ class InstanceIO(LeftoverOutput):
             if out is None or out.status is None:
                 out = self._died_of_memory(inst) or Outcome(Status.FAILED, "InstanceDied", inst.exit_description(),
                                                             "instance died")
+            assert out.status is not None  # both outcomes above have one
             self._end(ev, out.status, error_type=out.error_type, error_message=out.error_message,
                       exit_reason=out.exit_reason, mem_usage_bytes=out.mem_usage_bytes)
         elif inst.conn is None:
@@ -528,7 +530,7 @@ class InstanceIO(LeftoverOutput):
         ones."""
         if seq is None:
             return None
-        ev = self._ahead[inst.key].take(seq)  # type: ignore[index]
+        ev: EventState | None = self._ahead[inst.key].take(seq)  # type: ignore[index]
         if ev is None:  # cannot be: a claimed record is never taken back
             log.error("scf_nb: instance %s claimed unknown record %s", inst.number, seq)
         return ev

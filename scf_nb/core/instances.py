@@ -16,8 +16,9 @@ import secrets
 import signal
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from . import wire
 from .cgroups import Cgroup
@@ -82,7 +83,8 @@ class Instance:
         self.banned = False
         self.offer: int | None = None  # idle: the record of the event offered to it (to claim now), if any
         self.offer_at = 0  # ... and how many runs it had been sent by then
-        self.unbound: list[tuple[Any, list[str]]] = []  # lines that may be of an event it claimed idle (unsure)
+        # lines that may be of an event it claimed idle (unsure)
+        self.unbound: list[tuple[LineSplitter, list[str]]] = []
         self.settling = False  # the engine is catching up with what it claimed, before a kill
         self.deadline = 0.0  # time.monotonic() by which its event must end
         self.deadline_armed = False  # a "deadline" timer is pending for it
@@ -121,9 +123,9 @@ class Instance:
             return
         # Find the descendants before the kill: once the instance is dead its orphans belong to init.
         targets = descendants(pid)
-        for target in (lambda: os.killpg(pid, sig), lambda: os.kill(pid, sig)):
+        for kill in (os.killpg, os.kill):
             try:
-                target()
+                kill(pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
         for p in targets:
@@ -367,7 +369,9 @@ def _unname_semaphores(executor: Any) -> None:
                 found.update((item._semlock.name, item) for item in items if isinstance(item, SemLock))
         for name, lock in found.items():
             for ref in weakref.getweakrefs(lock):  # loky's finalizer would remove the name again
-                if isinstance(ref.__callback__, util.Finalize) and ref.__callback__._callback is SemLock._cleanup:
+                # (Finalize's _callback is private: not in its type stubs)
+                if isinstance(ref.__callback__, util.Finalize) and getattr(
+                        ref.__callback__, "_callback", None) is SemLock._cleanup:
                     ref.__callback__.cancel()
             try:
                 sem_unlink(name)

@@ -28,6 +28,8 @@ from .instances import REAPED, Instance
 from .logchannel import LineSplitter, read_to_eof
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .records import EventState
     from .store import Store
 
@@ -39,7 +41,7 @@ class LeftoverOutput:
         store: Store
         _sel: Any
 
-        def clock(self) -> float: ...
+        clock: Callable[[], float]
         def _on_pipe(self, fd: int, inst: Instance) -> bool: ...
         def _lines(self, inst: Instance, splitter: LineSplitter, items: list[str | None]) -> None: ...
         def _broken(self, inst: Instance) -> None: ...
@@ -48,7 +50,7 @@ class LeftoverOutput:
 
     def _add_pipes(self, inst: Instance, fds: list[int]) -> None:
         """``fds`` (read ends of the worker's fds 1 and 2) are the current pipes from now."""
-        for pipe_fd, stream in zip(fds, ("stdout", "stderr")):
+        for pipe_fd, stream in zip(fds, ("stdout", "stderr"), strict=True):
             os.set_blocking(pipe_fd, False)
             inst.streams[pipe_fd] = LineSplitter(stream)
             self._sel.register(pipe_fd, (self._on_pipe, inst))

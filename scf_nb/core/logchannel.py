@@ -11,7 +11,7 @@ as backslash escapes. Nothing is dropped.
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from .worker import END_MARKER
 

@@ -26,8 +26,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .cgroups import MemoryCgroups
-from .instance_io import REAPED
-from .instances import BUSY, DYING, IDLE, STARTING, Instance, Outcome, descendants
+from .instances import BUSY, DYING, IDLE, REAPED, STARTING, Instance, Outcome, descendants
 from .status import Status
 
 if TYPE_CHECKING:
@@ -198,7 +197,7 @@ class Timers:
         if cg is not None and cg.oom_kills():
             used = max(mem or 0, cg.peak())
             how = f"the kernel's OOM killer stopped it at {used / _MB:.0f} MB"
-        elif said or (cg is None and (mem or 0) > ev.fn.memory_mb * _MB):
+        elif said or (cg is None and ev.fn.memory_mb is not None and (mem or 0) > ev.fn.memory_mb * _MB):
             used = mem or 0
             how = f"{used / _MB:.0f} MB at its peak"
         else:
