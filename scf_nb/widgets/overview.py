@@ -58,8 +58,10 @@ def _per_status(ax: Any, events: pd.DataFrame) -> None:
     ax.hist([v for _, v in groups], bins=bins, stacked=True, label=[s for s, _ in groups],
             color=[render.STATUS_COLORS[s] for s, _ in groups])
     ax.xaxis_date()
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
-    ax.tick_params(axis="x", labelsize=8, rotation=20)
+    locator = mdates.AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    ax.tick_params(axis="x", labelsize=8)
     ax.set_ylabel("events started")
     ax.legend(fontsize=8)
 
@@ -86,7 +88,7 @@ def counts_html(counts: pd.DataFrame) -> str:
         nums = (r.avg_duration_ms, r.p50_duration_ms, r.p95_duration_ms, r.max_duration_ms)
         cells = "".join(f"<td>{'' if v != v else f'{v:,.1f}'}</td>" for v in nums)
         rows.append(f"<tr><td>{render.badge(r.status)}</td><td>{int(r.count):,}</td>{cells}</tr>")
-    return f'{render.STYLE}<table class="scf-overview"><tr>{head}</tr>{"".join(rows)}</table>'
+    return f'{render.STYLE}<table class="scf-overview-counts"><tr>{head}</tr>{"".join(rows)}</table>'
 
 
 def overview_view(function: str | None = None, *, namespace: str | None = None,
@@ -102,8 +104,9 @@ def overview_view(function: str | None = None, *, namespace: str | None = None,
     what = f"{function}: " if function else ""
     title = f"{what}the newest {len(events):,} of {int(counts['count'].sum()):,} events"
     table = widgets.HTML(counts_html(counts))
-    picture = widgets.Image(value=overview_png(events, title), format="png")
+    picture = widgets.Image(value=overview_png(events, title), format="png",
+                            layout=widgets.Layout(max_width="100%", height="auto", min_width="0"))
     picture.add_class("scf-overview-picture")
-    box = widgets.HBox([table, picture], layout=widgets.Layout(align_items="flex-start"))
+    box = widgets.HBox([table, picture], layout=widgets.Layout(align_items="flex-start", flex_flow="row wrap"))
     box.add_class("scf-overview")
     return box
