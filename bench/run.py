@@ -39,6 +39,7 @@ BENCHMARKS = {
     "store": ("b_store", "7. 1M events + 10M lines: queries and engine RSS", 600),
     "cold": ("b_cold", "8. first event from a cold engine", 240),
     "memory": ("b_memory", "9. RSS of the process that ran 1M events + 10M lines, and 1M more", 900),
+    "widgets": ("b_widgets", "10. notebook views: event table at 1M events, log pane at 10k lines/s", 900),
 }
 
 

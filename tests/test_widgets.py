@@ -143,7 +143,7 @@ def test_views_show_the_whole_history_after_the_engine_restarted(scf: Any, home:
 
 
 def rows_by_id(table: Any) -> dict[str, Any]:
-    return {r.request_id: r for r in (table._rows[rid] for rid in table.page_frame.request_id)}
+    return {line.request_id: line for line in table._lines[:len(table.page_frame)]}
 
 
 def test_event_table_pages_filters_terminates_and_opens_a_log(relay: Relay, tmp_path: Path) -> None:
@@ -156,7 +156,8 @@ def test_event_table_pages_filters_terminates_and_opens_a_log(relay: Relay, tmp_
     counts = dict(re.findall(r'data-status="(\w+)">([\d,]+)<', table.counts.value))
     assert counts == {"QUEUED": "1", "RUNNING": "2", "FINISHED": "12", "FAILED": "0", "ABORTED": "0"}
     rows = rows_by_id(table)
-    assert {rid for rid, r in rows.items() if "scf-hidden" not in r.terminate._dom_classes} == {e.request_id for e in held}
+    assert set(table._buttons) == {e.request_id for e in held}  # Terminate on the live rows only
+    assert all(rows[rid].box.children[-1] is table._buttons[rid] for rid in table._buttons)
     assert held[2].request_id in rows[held[2].request_id].cells.value  # the whole RequestId
 
     table.older.click()
@@ -178,15 +179,15 @@ def test_event_table_pages_filters_terminates_and_opens_a_log(relay: Relay, tmp_
     table.since.value = ""
     assert table.error.value == "" and len(table.page_frame) == 10
 
-    queued = rows_by_id(table)[held[2].request_id]
-    queued.terminate.click()
-    assert queued.terminate.disabled and queued.terminate.description == "terminating..."
-    queued.terminate.click()
+    button = table._buttons[held[2].request_id]
+    button.click()
+    assert button.disabled and button.description == "terminating..."
+    button.click()
     assert relay.calls.count("terminate_event") == 1
     (tmp_path / "g0").write_text("")  # a sibling finishes meanwhile
     wait_until(lambda: "ABORTED" == rows_by_id(table)[held[2].request_id].status, what="the row to turn ABORTED")
     wait_until(lambda: "FINISHED" == rows_by_id(table)[held[0].request_id].status, what="the sibling to finish")
-    assert "scf-hidden" in queued.terminate._dom_classes
+    assert held[2].request_id not in table._buttons and len(rows_by_id(table)[held[2].request_id].box.children) == 2
 
     running = rows_by_id(table)[held[1].request_id]
     running.log.value = True  # select the row: its log pane opens below
@@ -290,3 +291,18 @@ def test_ipywidgets_is_imported_only_by_the_widgets_package() -> None:
                        if re.search(r"^\s*(import|from)\s+ipywidgets\b", p.read_text(), re.MULTILINE))
     assert importers and all(name.startswith("widgets/") for name in importers), importers
     assert loaded_after("import scf_nb, scf_nb.api, scf_nb.magics", ["ipywidgets", "matplotlib"]) == []
+
+
+def test_a_terminate_button_stops_the_event_it_was_drawn_for_when_the_rows_moved(relay: Relay, tmp_path: Path) -> None:
+    older = relay.invoke("work", {"gate": str(tmp_path / "never1")})
+    wait_until(lambda: older.status == "RUNNING", what="the first event to run")
+    table = event_table(client=relay)
+    button = table._buttons[older.request_id]
+    assert rows_by_id(table)[older.request_id] is table._lines[0]
+    newer = relay.invoke("work", {"gate": str(tmp_path / "never2")})  # it takes the first line
+    wait_until(lambda: table._lines[0].request_id == newer.request_id, what="the rows to move")
+    assert table._lines[1].box.children[-1] is button and table._buttons[newer.request_id] is not button
+    button.click()  # the click of a user who aimed at the older event before the rows moved
+    assert older.wait(30) == "ABORTED" and newer.status == "RUNNING"
+    newer.terminate()
+    table.close()

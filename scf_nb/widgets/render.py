@@ -25,7 +25,6 @@ STYLE = """<style>
 .scf-row span,.scf-head span{display:inline-block;overflow:hidden;text-overflow:ellipsis;vertical-align:top;
   padding-right:.6em}
 .scf-row.scf-selected{background:#e0ecff}
-.scf-hidden{visibility:hidden}
 .scf-notice{padding:.3em .6em;border-radius:.3em;font-weight:600}
 .scf-overview-counts th,.scf-overview-counts td{white-space:nowrap;padding:.1em .5em;text-align:right}
 </style>"""

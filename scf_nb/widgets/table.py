@@ -7,15 +7,16 @@ aggregates): its cost does not grow with the number of stored events. The table 
 changes a filter or a page, and when the store's changes (the hub's one subscription) say events changed, at
 most once every ``REFRESH_S`` and only while a browser shows it; with nothing changing it does nothing.
 
-Each row's widgets belong to one RequestId for as long as they live: a click on a row's Terminate button
-stops the event that row showed, even when a refresh moved the rows meanwhile.
+The page's lines are a fixed pool of widgets, redrawn with whichever events a page holds (a new page costs
+new values, not new widgets). A Terminate button, though, belongs to one live RequestId for as long as it
+lives (made when the event shows up live, closed when it has ended or left the page): a click stops the event
+that button was drawn for, even when a refresh moved the rows before the click arrived.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
@@ -42,28 +43,24 @@ COLUMNS = (("RequestId", "25em"), ("function", "9em"), ("qualifier", "6em"), ("s
 
 
 class Row:
-    """The widgets of one event's row: its cells (one HTML), a "log" toggle, a Terminate button."""
+    """One line of the page: its cells (one HTML) and a "log" toggle, drawn with whichever event is on that
+    line now, and that event's Terminate button while it is live."""
 
-    def __init__(self, table: EventTable, request_id: str, shared: dict[str, Any]) -> None:
-        self.request_id = request_id
+    def __init__(self, table: EventTable, shared: dict[str, Any]) -> None:
+        self.request_id = ""
         self.status = ""
         self.cells = widgets.HTML(layout=shared["cells"])
         self.log = widgets.ToggleButton(description="log", layout=shared["button"], style=shared["toggle"],
                                         tooltip="show this event's log below")
-        self.terminate = widgets.Button(description="Terminate", button_style="danger", layout=shared["button"],
-                                        style=shared["style"], tooltip="stop this event: it becomes ABORTED")
-        self.terminate.add_class("scf-terminate")
         self.log.add_class("scf-select")
-        self.box = widgets.HBox([self.cells, self.log, self.terminate], layout=shared["row"])
+        self.box = widgets.HBox([self.cells, self.log], layout=shared["row"])
         self.box.add_class("scf-row-box")
-        self.terminate.on_click(lambda _: table._terminate(self))
         self.log.observe(lambda change: table._select(self, change["new"]), names="value")
 
-    def draw(self, record: Any, pending: bool, selected: bool) -> None:
-        self.status = record.status
-        status_cell = render.badge(record.status)
+    def draw(self, record: Any, selected: bool, terminate: Any) -> None:
+        self.request_id, self.status = record.request_id, record.status  # before the toggle: see _select
         values = (render.esc(self.request_id), render.esc(record.function_name), render.esc(record.qualifier),
-                  status_cell, render.clock(record.start_time), render.clock(record.end_time),
+                  render.badge(record.status), render.clock(record.start_time), render.clock(record.end_time),
                   render.duration(_seconds(record)), render.megabytes(record.mem_usage_bytes))
         spans = "".join(f'<span style="width:{w}">{v}</span>' for (_, w), v in zip(COLUMNS, values))
         classes = "scf-row scf-selected" if selected else "scf-row"
@@ -73,16 +70,12 @@ class Row:
             self.cells.value = cells
         if self.log.value != selected:
             self.log.value = selected
-        live = record.status in LIVE
-        with self.terminate.hold_sync():
-            self.terminate.disabled = pending or not live
-            self.terminate.description = "terminating..." if pending and live else "Terminate"
-            hidden = "scf-hidden" in self.terminate._dom_classes
-            if live == hidden:
-                (self.terminate.remove_class if live else self.terminate.add_class)("scf-hidden")
+        children = (self.cells, self.log) if terminate is None else (self.cells, self.log, terminate)
+        if self.box.children != children:
+            self.box.children = children
 
     def close(self) -> None:
-        for w in (self.cells, self.log, self.terminate, self.box):
+        for w in (self.cells, self.log, self.box):
             w.close()
 
 
@@ -104,7 +97,8 @@ class EventTable(Shown, widgets.VBox):
         self.query = query
         self._hub = hub_for(self._client)
         self._lock = threading.RLock()
-        self._rows: OrderedDict[str, Row] = OrderedDict()  # RequestId -> its row, newest use last
+        self._lines: list[Row] = []  # the page's lines, made as a page first needs them
+        self._buttons: dict[str, widgets.Button] = {}  # live RequestId on the page -> its Terminate button
         self._shared = {"cells": widgets.Layout(), "button": widgets.Layout(width="auto"),
                         "style": widgets.ButtonStyle(), "toggle": ToggleButtonStyle(),
                         "row": widgets.Layout(align_items="center")}
@@ -179,20 +173,18 @@ class EventTable(Shown, widgets.VBox):
         self.counts.value = " ".join(
             f'{render.badge(s)} <span class="scf-count" data-status="{s}">{int(by_status.get(s, 0)):,}</span>'
             for s in STATUSES)
-        rows = []
-        for record in frame.itertuples(index=False):
-            rid = record.request_id
-            row = self._rows.get(rid)
-            if row is None:
-                row = self._rows[rid] = Row(self, rid, self._shared)
-            self._rows.move_to_end(rid)
-            if record.status not in LIVE:
-                self._pending.discard(rid)
-            row.draw(record, rid in self._pending, rid == self._selected)
-            rows.append(row.box)
-        if tuple(rows) != self._body.children:
-            self._body.children = tuple(rows)
-        self._evict(set(frame.request_id))
+        records = list(frame.itertuples(index=False))
+        while len(self._lines) < len(records):
+            self._lines.append(Row(self, self._shared))
+        live = {r.request_id for r in records if r.status in LIVE}
+        self._pending -= {r.request_id for r in records if r.status not in LIVE}
+        for rid in [rid for rid in self._buttons if rid not in live]:  # ended, or off the page
+            self._buttons.pop(rid).close()
+        for line, record in zip(self._lines, records):
+            line.draw(record, record.request_id == self._selected, self._button(record.request_id, live))
+        rows = tuple(line.box for line in self._lines[:len(records)])
+        if rows != self._body.children:
+            self._body.children = rows
         q = self.query
         first = q.page * q.page_size
         shown = f"{first + 1:,}-{first + len(rows):,}" if rows else "none"
@@ -200,12 +192,23 @@ class EventTable(Shown, widgets.VBox):
         self.newer.disabled = q.page == 0
         self.older.disabled = not has_next
 
-    def _evict(self, on_page: set[str]) -> None:
-        """Close the rows least recently drawn beyond a few pages' worth (not the selected or pending ones)."""
-        spare = [rid for rid in self._rows
-                 if rid not in on_page and rid != self._selected and rid not in self._pending]
-        for rid in spare[:max(0, len(self._rows) - max(4 * self.query.page_size, len(on_page)))]:
-            self._rows.pop(rid).close()
+    def _button(self, rid: str, live: set[str]) -> widgets.Button | None:
+        """The Terminate button of ``rid`` if it is live (made once per RequestId, never drawn for another)."""
+        if rid not in live:
+            return None
+        button = self._buttons.get(rid)
+        if button is None:
+            button = self._buttons[rid] = widgets.Button(
+                description="Terminate", button_style="danger", layout=self._shared["button"],
+                style=self._shared["style"], tooltip=f"stop {rid}: it becomes ABORTED")
+            button.add_class("scf-terminate")
+            button.on_click(lambda b: self._terminate(rid, b))
+        pending = rid in self._pending
+        if button.disabled != pending:
+            with button.hold_sync():
+                button.disabled = pending
+                button.description = "terminating..." if pending else "Terminate"
+        return button
 
     # -- the hub ------------------------------------------------------------------------------------------------
     def _changed(self, changes: Changes) -> None:
@@ -238,38 +241,33 @@ class EventTable(Shown, widgets.VBox):
         self.query = self.query.at_page(max(0, page))
         self.refresh()
 
-    def _terminate(self, row: Row) -> None:
-        rid = row.request_id
+    def _terminate(self, rid: str, button: widgets.Button) -> None:
         with self._lock:
-            if rid in self._pending or row.status not in LIVE:  # sent already, or it ended
+            if rid in self._pending or self._buttons.get(rid) is not button:  # sent already, or it ended
                 return
             self._pending.add(rid)
-        with row.terminate.hold_sync():
-            row.terminate.disabled = True
-            row.terminate.description = "terminating..."
+        with button.hold_sync():
+            button.disabled = True
+            button.description = "terminating..."
         try:
             self._client.terminate_event(rid, grace=self.graceful.value, wait=False)
         except ScfError as e:  # it ended meanwhile
             self.error.value = f"<i>{render.esc(e)}</i>"
 
     def _select(self, row: Row, on: bool) -> None:
+        """The "log" toggle of ``row`` changed (a click, or a redraw that moved the selected event)."""
         with self._lock:
-            if on and self._selected != row.request_id:
-                previous = self._rows.get(self._selected) if self._selected else None
-                self._selected = row.request_id
-                if previous is not None:
-                    previous.log.value = False
-                self._open_pane(row.request_id)
-            elif not on and self._selected == row.request_id:
-                self._selected = None
-                self._open_pane(None)
+            if on == (self._selected == row.request_id):
+                return  # a redraw: the selection is where it was
+            self._selected = row.request_id if on else None
+            self._open_pane(self._selected)
             self._redraw_rows()
 
     def _redraw_rows(self) -> None:
-        for record in self.page_frame.itertuples(index=False) if self.page_frame is not None else ():
-            row = self._rows.get(record.request_id)
-            if row is not None:
-                row.draw(record, record.request_id in self._pending, record.request_id == self._selected)
+        records = list(self.page_frame.itertuples(index=False)) if self.page_frame is not None else []
+        live = {r.request_id for r in records if r.status in LIVE}
+        for line, record in zip(self._lines, records):
+            line.draw(record, record.request_id == self._selected, self._button(record.request_id, live))
 
     def _open_pane(self, request_id: str | None) -> None:
         for old in self._pane_box.children:
@@ -281,6 +279,8 @@ class EventTable(Shown, widgets.VBox):
         if hasattr(self, "_pane_box"):  # also called by ipywidgets' __del__, maybe on a half-built table
             self._hub.forget(self)
             self._open_pane(None)
-            for row in self._rows.values():
+            for row in self._lines:
                 row.close()
+            for button in self._buttons.values():
+                button.close()
         super().close()
