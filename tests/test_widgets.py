@@ -306,3 +306,27 @@ def test_a_terminate_button_stops_the_event_it_was_drawn_for_when_the_rows_moved
     assert older.wait(30) == "ABORTED" and newer.status == "RUNNING"
     newer.terminate()
     table.close()
+
+
+def test_the_views_thread_ends_once_no_view_is_left(relay: Relay, monkeypatch: Any) -> None:
+    import threading
+
+    from scf_nb.widgets import hub as hub_module
+
+    monkeypatch.setattr(hub_module, "IDLE_EXIT_S", 0.2)
+    ev = relay.invoke("work", {"lines": 2})
+    view = event_view(ev, client=relay)
+    table = event_table(client=relay)
+    wait_until(lambda: view.finished and view.pane.ended, what="the view to show the end")
+    hub = table._hub
+    assert hub._thread is not None and hub._thread.is_alive()
+    thread = hub._thread
+    table.close()
+    view.close()
+    wait_until(lambda: not thread.is_alive(), what="the views' thread to end")
+    assert not hub.subscribed and thread not in threading.enumerate()
+    table = event_table(client=relay)  # a new view: its turns come from a new thread
+    assert relay.invoke("work").wait(60) == "FINISHED"
+    wait_until(lambda: table.refreshes >= 2, what="the new table's refresh")
+    assert hub._thread is not None and hub._thread is not thread
+    table.close()

@@ -11,7 +11,8 @@ and a single thread that does the views' timed work. No view polls the store.
     (a table: a second after its last refresh)     status, a log pane sends its batch of lines
 
 While no view listens the subscription is closed (the store then records nothing for it), and while no turn
-is due the thread waits on a condition: an idle table, pane or event view costs nothing. A log pane's lines
+is due the thread waits on a condition: an idle table, pane or event view costs nothing. The thread ends
+after ``IDLE_EXIT_S`` with no view listening and nothing due, and starts again with the next turn asked for. A log pane's lines
 come from its own ``follow`` iterator; the hub only paces how often it sends them.
 """
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from ..core.protocol import ClientProtocol
 
 log = logging.getLogger("scf_nb")
+IDLE_EXIT_S = 30.0
 
 
 class View(Protocol):
@@ -42,7 +44,7 @@ class Hub:
     """One client's views: their shared subscription and the thread that gives them their turns."""
 
     def __init__(self, client: ClientProtocol) -> None:
-        self.client = client
+        self._client = weakref.ref(client)  # the hubs' table is keyed by the client: no strong reference back
         self._cond = threading.Condition()
         self._listeners: set[View] = set()
         self._due: dict[View, float] = {}  # view -> monotonic time of its next turn
@@ -56,7 +58,10 @@ class Hub:
             self._listeners.add(view)
             if self._sub is not None and not self._sub.closed:
                 return
-        sub = self.client.subscribe(self._on_changes)
+        client = self._client()
+        if client is None:
+            raise RuntimeError("scf_nb: the client of these views is gone")
+        sub = client.subscribe(self._on_changes)
         with self._cond:
             if self._sub is None or self._sub.closed:
                 self._sub, sub = sub, None
@@ -71,6 +76,7 @@ class Hub:
             self._due.pop(view, None)
             if not self._listeners:
                 sub, self._sub = self._sub, None
+                self._cond.notify()  # the thread may end, after a while
         if sub is not None:
             sub.close()
 
@@ -112,8 +118,13 @@ class Hub:
                     due = sorted((at, id(v), v) for v, at in self._due.items() if at <= now)
                     if due:
                         break
-                    wait = min(self._due.values()) - now if self._due else None
-                    self._cond.wait(wait)
+                    if self._due:
+                        self._cond.wait(min(self._due.values()) - now)
+                    elif self._listeners:
+                        self._cond.wait()
+                    elif not self._cond.wait(IDLE_EXIT_S) and not self._due and not self._listeners:
+                        self._thread = None  # nothing to do for a while: schedule() starts another
+                        return
                 for _, _, view in due:
                     del self._due[view]
             for _, _, view in due:

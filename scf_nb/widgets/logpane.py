@@ -89,7 +89,8 @@ class LogPane(widgets.VBox):
         self._client = client if client is not None else api.client()
         self.request_id = request_id
         self._window = LogWindow(max_lines)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # what the follower thread hands over
+        self._drawing = threading.RLock()  # the window and its drawing: the hub's thread and button clicks
         self._pending: deque[Line] = deque(maxlen=max_lines)  # arrived, not yet drawn: older ones are in the store
         self._scheduled = False
         self._last_flush = 0.0
@@ -148,20 +149,22 @@ class LogPane(widgets.VBox):
             self._scheduled = False
             ended = self._ended
             self._last_flush = time.monotonic()  # under the lock: a line arriving now waits a whole FLUSH_S
-        self._window.add(lines)
-        self._redraw(ended)
+        with self._drawing:
+            self._window.add(lines)
+            self._redraw(ended)
 
     def _changed(self, changes: Changes) -> None:
         pass  # fed by its follower, not by the change feed
 
     def _redraw(self, ended: bool) -> None:
-        value = self._draw(ended)
-        if value != self._html.value:
-            self._html.value = value
-            self.messages += 1
-        w = self._window
-        self._earlier.disabled = not w.has_earlier()
-        self._latest.disabled = w.live
+        with self._drawing:
+            value = self._draw(ended)
+            if value != self._html.value:
+                self._html.value = value
+                self.messages += 1
+            w = self._window
+            self._earlier.disabled = not w.has_earlier()
+            self._latest.disabled = w.live
 
     def _draw(self, ended: bool = False) -> str:
         w = self._window
@@ -172,20 +175,22 @@ class LogPane(widgets.VBox):
     def show_earlier(self) -> None:
         """Show the ``max_lines`` lines before the first one shown (read from the store)."""
         w = self._window
-        first = w.first_shown
-        if first <= 1:
-            return
-        frame = self._client.logs(self.request_id, since_seq=max(0, first - w.max_lines - 1))
-        frame = frame[frame.seq < first].tail(w.max_lines)
-        if frame.empty:
-            return
-        w.earlier = [drawn(r.seq, r.ts, r.stream, r.line) for r in frame.itertuples(index=False)]
-        self._redraw(self._ended)
+        with self._drawing:
+            first = w.first_shown
+            if first <= 1:
+                return
+            frame = self._client.logs(self.request_id, since_seq=max(0, first - w.max_lines - 1))
+            frame = frame[frame.seq < first].tail(w.max_lines)
+            if frame.empty:
+                return
+            w.earlier = [drawn(r.seq, r.ts, r.stream, r.line) for r in frame.itertuples(index=False)]
+            self._redraw(self._ended)
 
     def show_latest(self) -> None:
         """Back to the newest lines, following again."""
-        self._window.earlier = None
-        self._redraw(self._ended)
+        with self._drawing:
+            self._window.earlier = None
+            self._redraw(self._ended)
 
     def close(self) -> None:
         """Stop following (the event runs on) and close the widgets."""
