@@ -88,7 +88,8 @@ def table_figures(kc: Any, quick: bool) -> dict[str, Any]:
         kernel_run(kc, "scf_nb.shutdown()")
     finally:
         shutil.rmtree(home, ignore_errors=True)
-    figures["scale"] = "" if n_events == 1_000_000 else f" [quick: {n_events // 1000}k ev, {n_events * per // 10**6}M lines]"
+    quick_scale = f" [quick: {n_events // 1000}k ev, {n_events * per // 10**6}M lines]"
+    figures["scale"] = "" if n_events == 1_000_000 else quick_scale
     return figures
 
 

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, magics_class
-from IPython.display import display
 
 from . import api
 from .core.errors import ScfError
@@ -33,9 +32,11 @@ if TYPE_CHECKING:  # the decorators return what they decorate: IPython's magic_a
     def argument(*args: Any, **kwargs: Any) -> Callable[[_F], _F]: ...
     def parse_argstring(magic_func: Callable[..., Any], argstring: str, *,
                         partial: bool = False) -> argparse.Namespace: ...
+    def display(*objs: Any, **kwargs: Any) -> None: ...
 else:
     from IPython.core.magic import cell_magic, line_magic
     from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+    from IPython.display import display
 
 
 def _unquote(text: str) -> str:

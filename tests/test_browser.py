@@ -15,8 +15,9 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from processes import kill_tagged, tagged_env
@@ -65,7 +66,8 @@ def notebook(home: Path, gates: Path) -> dict[str, Any]:
         cell(f"ev = %scf_invoke ticker --event '{{\"gate\": \"{gates / 'ticker'}\"}}'"),
         cell(f"a = scf_nb.invoke('sleeper', {{'gate': {str(gates / 'a')!r}}})\n"
              f"b = scf_nb.invoke('sleeper', {{'gate': {str(gates / 'b')!r}}})\n"
-             f"_ = open({str(gates / 'ids.json')!r}, 'w').write(json.dumps([ev.request_id, a.request_id, b.request_id]))"),
+             f"ids = [ev.request_id, a.request_id, b.request_id]\n"
+             f"_ = open({str(gates / 'ids.json')!r}, 'w').write(json.dumps(ids))"),
         cell("%scf_events --function sleeper"),
         cell("%scf_overview"),
     ]
@@ -186,7 +188,7 @@ def drive(page: Any, lab: dict[str, Any], gates: Path) -> None:
     (gates / "b").write_text("")
     page.wait_for_selector(f".scf-table .scf-row[data-rid='{a}'][data-status='ABORTED']")
     page.wait_for_selector(f".scf-table .scf-row[data-rid='{b}'][data-status='FINISHED']")
-    assert table.locator(f".scf-count[data-status='ABORTED']").inner_text() == "1"
+    assert table.locator(".scf-count[data-status='ABORTED']").inner_text() == "1"
     row_a.scroll_into_view_if_needed()
     shot(page, "4-terminated")
 

@@ -5,8 +5,9 @@ event's whole history from the store."""
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from conftest import kill_quietly, pid_alive, wait_until

@@ -10,7 +10,8 @@ history.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 try:
     import ipywidgets as _ipywidgets  # noqa: F401

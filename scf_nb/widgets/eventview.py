@@ -80,7 +80,7 @@ class EventView(Shown, widgets.VBox):
 
     @property
     def header(self) -> str:
-        return self._header.value
+        return str(self._header.value)
 
     # -- from the change feed and the done callback ---------------------------------------------------------------
     def _changed(self, changes: Changes) -> None:

@@ -3,8 +3,9 @@ them (a bad time comes back as the ``ScfError`` any caller gets); nothing here r
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Any, Iterable
+from typing import Any
 
 
 def _text(value: str | None) -> str | None:

@@ -12,8 +12,8 @@ and a single thread that does the views' timed work. No view polls the store.
 
 While no view listens the subscription is closed (the store then records nothing for it), and while no turn
 is due the thread waits on a condition: an idle table, pane or event view costs nothing. The thread ends
-after ``IDLE_EXIT_S`` with no view listening and nothing due, and starts again with the next turn asked for. A log pane's lines
-come from its own ``follow`` iterator; the hub only paces how often it sends them.
+after ``IDLE_EXIT_S`` with no view listening and nothing due, and starts again with the next turn asked for.
+A log pane's lines come from its own ``follow`` iterator; the hub only paces how often it sends them.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class Hub:
         client = self._client()
         if client is None:
             raise RuntimeError("scf_nb: the client of these views is gone")
-        sub = client.subscribe(self._on_changes)
+        sub: Subscription | None = client.subscribe(self._on_changes)
         with self._cond:
             if self._sub is None or self._sub.closed:
                 self._sub, sub = sub, None
@@ -157,12 +157,12 @@ class Shown:
     _views_seen = False
 
     def _track_views(self) -> None:
-        self._view_count = 0  # type: ignore[attr-defined]
+        self._view_count = 0
         self.observe(self._on_view_count, names="_view_count")  # type: ignore[attr-defined]
 
     @property
     def shown(self) -> bool:
-        return not self._views_seen or bool(self._view_count)  # type: ignore[attr-defined]
+        return not self._views_seen or bool(self._view_count)
 
     def _on_view_count(self, change: Any) -> None:
         if change["new"]:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import ipywidgets as widgets
 
@@ -183,7 +184,8 @@ class LogPane(widgets.VBox):
             frame = frame[frame.seq < first].tail(w.max_lines)
             if frame.empty:
                 return
-            w.earlier = [drawn(r.seq, r.ts, r.stream, r.line) for r in frame.itertuples(index=False)]
+            columns = (frame[c].tolist() for c in ("seq", "ts", "stream", "line"))
+            w.earlier = [drawn(*row) for row in zip(*columns, strict=True)]
             self._redraw(self._ended)
 
     def show_latest(self) -> None:

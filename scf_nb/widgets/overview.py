@@ -8,6 +8,7 @@ Both pictures come from the newest ``SAMPLE`` events of one ``list_events`` call
 from __future__ import annotations
 
 import io
+import math
 from typing import TYPE_CHECKING, Any
 
 from . import render
@@ -47,8 +48,10 @@ def _per_status(ax: Any, events: pd.DataFrame) -> None:
     if starts.empty:
         ax.text(0.5, 0.5, "no events", ha="center", va="center", transform=ax.transAxes)
         return
-    import matplotlib.dates as mdates
+    import matplotlib.dates
     import numpy as np
+
+    mdates: Any = matplotlib.dates  # its date helpers have no annotations
 
     t = mdates.date2num(events["start_time"].dt.tz_localize(None))
     lo, hi = float(np.nanmin(t)), float(np.nanmax(t))
@@ -84,10 +87,10 @@ def counts_html(counts: pd.DataFrame) -> str:
     """The overview's table of counts and durations per status."""
     head = "".join(f"<th>{render.esc(c)}</th>" for c in ("status", "count", "avg ms", "p50 ms", "p95 ms", "max ms"))
     rows = []
-    for r in counts.itertuples(index=False):
-        nums = (r.avg_duration_ms, r.p50_duration_ms, r.p95_duration_ms, r.max_duration_ms)
-        cells = "".join(f"<td>{'' if v != v else f'{v:,.1f}'}</td>" for v in nums)
-        rows.append(f"<tr><td>{render.badge(r.status)}</td><td>{int(r.count):,}</td>{cells}</tr>")
+    for r in counts.to_dict("records"):
+        nums = [float(r[c]) for c in ("avg_duration_ms", "p50_duration_ms", "p95_duration_ms", "max_duration_ms")]
+        cells = "".join(f"<td>{'' if math.isnan(v) else f'{v:,.1f}'}</td>" for v in nums)
+        rows.append(f"<tr><td>{render.badge(str(r['status']))}</td><td>{int(r['count']):,}</td>{cells}</tr>")
     return f'{render.STYLE}<table class="scf-overview-counts"><tr>{head}</tr>{"".join(rows)}</table>'
 
 

@@ -25,9 +25,9 @@ from ipywidgets.widgets.widget_bool import ToggleButtonStyle
 from ..core.errors import ScfError
 from ..core.status import ALL
 from . import render
+from .filters import TableQuery
 from .hub import Shown, hub_for
 from .logpane import LogPane
-from .filters import TableQuery
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -62,7 +62,7 @@ class Row:
         values = (render.esc(self.request_id), render.esc(record.function_name), render.esc(record.qualifier),
                   render.badge(record.status), render.clock(record.start_time), render.clock(record.end_time),
                   render.duration(_seconds(record)), render.megabytes(record.mem_usage_bytes))
-        spans = "".join(f'<span style="width:{w}">{v}</span>' for (_, w), v in zip(COLUMNS, values))
+        spans = "".join(f'<span style="width:{w}">{v}</span>' for (_, w), v in zip(COLUMNS, values, strict=True))
         classes = "scf-row scf-selected" if selected else "scf-row"
         cells = (f'<div class="{classes}" data-rid="{render.esc(self.request_id)}" '
                  f'data-status="{render.esc(record.status)}">{spans}</div>')
@@ -130,8 +130,8 @@ class EventTable(Shown, widgets.VBox):
                                   continuous_update=False, layout=widgets.Layout(width="13em"))
         self.until = widgets.Text(value=q.until or "", placeholder="to YYYY-MM-DD HH:MM:SS", continuous_update=False,
                                   layout=widgets.Layout(width="13em"))
-        self.status = {s: widgets.ToggleButton(value=s in q.statuses, description=s, layout=widgets.Layout(width="auto"))
-                       for s in STATUSES}
+        self.status = {s: widgets.ToggleButton(value=s in q.statuses, description=s,
+                                               layout=widgets.Layout(width="auto")) for s in STATUSES}
         for w in (self.function, self.request_id, self.since, self.until, *self.status.values()):
             w.observe(self._on_filter, names="value")
         self._filters = widgets.HBox([self.function, *self.status.values(), self.since, self.until, self.request_id],
@@ -169,18 +169,18 @@ class EventTable(Shown, widgets.VBox):
 
     def _draw(self, frame: pd.DataFrame, has_next: bool, counts: pd.DataFrame) -> None:
         self.page_frame = frame
-        by_status = dict(zip(counts["status"], counts["count"]))
+        by_status = dict(zip(counts["status"], counts["count"], strict=True))
         self.counts.value = " ".join(
             f'{render.badge(s)} <span class="scf-count" data-status="{s}">{int(by_status.get(s, 0)):,}</span>'
             for s in STATUSES)
-        records = list(frame.itertuples(index=False))
+        records: list[Any] = list(frame.itertuples(index=False))
         while len(self._lines) < len(records):
             self._lines.append(Row(self, self._shared))
         live = {r.request_id for r in records if r.status in LIVE}
         self._pending -= {r.request_id for r in records if r.status not in LIVE}
         for rid in [rid for rid in self._buttons if rid not in live]:  # ended, or off the page
             self._buttons.pop(rid).close()
-        for line, record in zip(self._lines, records):
+        for line, record in zip(self._lines, records, strict=False):  # the pool may hold more lines
             line.draw(record, record.request_id == self._selected, self._button(record.request_id, live))
         rows = tuple(line.box for line in self._lines[:len(records)])
         if rows != self._body.children:
@@ -198,10 +198,10 @@ class EventTable(Shown, widgets.VBox):
             return None
         button = self._buttons.get(rid)
         if button is None:
-            button = self._buttons[rid] = widgets.Button(
-                description="Terminate", button_style="danger", layout=self._shared["button"],
-                style=self._shared["style"], tooltip=f"stop {rid}: it becomes ABORTED")
+            button = widgets.Button(description="Terminate", button_style="danger", layout=self._shared["button"],
+                                    style=self._shared["style"], tooltip=f"stop {rid}: it becomes ABORTED")
             button.add_class("scf-terminate")
+            self._buttons[rid] = button
             button.on_click(lambda b: self._terminate(rid, b))
         pending = rid in self._pending
         if button.disabled != pending:
@@ -241,9 +241,10 @@ class EventTable(Shown, widgets.VBox):
         self.query = self.query.at_page(max(0, page))
         self.refresh()
 
-    def _terminate(self, rid: str, button: widgets.Button) -> None:
+    def _terminate(self, rid: str, button: Any) -> None:
         with self._lock:
-            if rid in self._pending or self._buttons.get(rid) is not button:  # sent already, or it ended
+            current = self._buttons.get(rid)
+            if rid in self._pending or current is None or current is not button:  # sent already, or it ended
                 return
             self._pending.add(rid)
         with button.hold_sync():
@@ -264,9 +265,9 @@ class EventTable(Shown, widgets.VBox):
             self._redraw_rows()
 
     def _redraw_rows(self) -> None:
-        records = list(self.page_frame.itertuples(index=False)) if self.page_frame is not None else []
+        records: list[Any] = list(self.page_frame.itertuples(index=False)) if self.page_frame is not None else []
         live = {r.request_id for r in records if r.status in LIVE}
-        for line, record in zip(self._lines, records):
+        for line, record in zip(self._lines, records, strict=False):  # the pool may hold more lines
             line.draw(record, record.request_id == self._selected, self._button(record.request_id, live))
 
     def _open_pane(self, request_id: str | None) -> None:
