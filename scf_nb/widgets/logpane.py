@@ -147,12 +147,15 @@ class LogPane(widgets.VBox):
     def _turn(self) -> None:
         with self._lock:
             lines, self._pending = list(self._pending), deque(maxlen=self._window.max_lines)
-            self._scheduled = False
             ended = self._ended
-            self._last_flush = time.monotonic()  # under the lock: a line arriving now waits a whole FLUSH_S
         with self._drawing:
             self._window.add(lines)
             self._redraw(ended)
+        with self._lock:  # lines that came while this batch was drawn wait FLUSH_S from its sending
+            self._last_flush = time.monotonic()
+            again = self._scheduled = bool(self._pending) or self._ended != ended
+        if again:
+            self._hub.schedule(self, FLUSH_S)
 
     def _changed(self, changes: Changes) -> None:
         pass  # fed by its follower, not by the change feed
