@@ -333,3 +333,49 @@ def test_the_views_thread_ends_once_no_view_is_left(relay: Relay, monkeypatch: A
     wait_until(lambda: table.refreshes >= 2, what="the new table's refresh")
     assert hub._thread is not None and hub._thread is not thread
     table.close()
+
+
+class LateSubscriber(Relay):
+    """A client whose ``subscribe`` lets something happen first (as a round trip to a server would): the
+    view's first read is then older than the moment it starts listening."""
+
+    def __init__(self, inner: Any, meanwhile: Any) -> None:
+        super().__init__(inner)
+        self._meanwhile = meanwhile
+
+    def subscribe(self, fn: Any) -> Any:
+        self._meanwhile()
+        return self.__getattr__("subscribe")(fn)
+
+
+def test_a_change_committed_before_a_view_listens_is_not_missed(scf: Any, tmp_path: Path) -> None:
+    relay = Relay(scf.client())
+    relay.create_function("one", WORK, async_run=True, concurrency=1)
+    first = relay.invoke("one", {"gate": str(tmp_path / "first")})
+    wait_until(lambda: first.status == "RUNNING", what="the first event to run")
+    second = relay.invoke("one", {"gate": str(tmp_path / "second")})  # QUEUED behind it
+
+    def second_starts_and_is_committed() -> None:
+        (tmp_path / "first").write_text("")
+        wait_until(lambda: list(relay.list_events(request_id=second.request_id).status) == ["RUNNING"],
+                   what="the second event to run")
+
+    view = event_view(second.request_id, client=LateSubscriber(scf.client(), second_starts_and_is_committed))
+    wait_until(lambda: badge(view.header) == "RUNNING", what="the view to see the change made before it listened")
+    (tmp_path / "second").write_text("")
+    wait_until(lambda: view.finished, what="the end")
+
+    blocker = relay.invoke("one", {"gate": str(tmp_path / "blocker")})
+    wait_until(lambda: blocker.status == "RUNNING", what="the blocker to run")
+    third = relay.invoke("one", {"gate": str(tmp_path / "third")})
+
+    def third_starts_and_is_committed() -> None:
+        (tmp_path / "blocker").write_text("")
+        wait_until(lambda: list(relay.list_events(request_id=third.request_id).status) == ["RUNNING"],
+                   what="the third event to run")
+
+    table = event_table(client=LateSubscriber(scf.client(), third_starts_and_is_committed))
+    wait_until(lambda: table.page_frame.status.iloc[0] == "RUNNING", what="the table to see the change")
+    (tmp_path / "third").write_text("")
+    assert third.wait(60) == "FINISHED"
+    table.close()

@@ -45,6 +45,7 @@ class EventView(Shown, widgets.VBox):
         self._info = self.event.info()  # an unknown id raises here
         self.status = self._info["status"]
         self._hub = hub_for(client)
+        self._client = client
         self._lock = threading.Lock()
         self._status_due = False
         self._done_due = False
@@ -69,6 +70,8 @@ class EventView(Shown, widgets.VBox):
         self._track_views()
         self._draw_header()
         self._hub.listen(self)
+        self._status_due = True  # read again once listening: a change committed before is not missed
+        self._hub.schedule(self)
         self.event.add_done_callback(self._done)  # at once, in this thread, if it has ended
         if self.status in LIVE:
             self._hub.schedule(self, TICK_S)
@@ -97,7 +100,7 @@ class EventView(Shown, widgets.VBox):
 
     # -- the hub's turn -------------------------------------------------------------------------------------------
     def _turn(self) -> None:
-        if self._finished:
+        if self._finished or self._closed_client():
             return
         if self._done_due:
             self._finish()
@@ -110,6 +113,12 @@ class EventView(Shown, widgets.VBox):
         self._draw_header()
         if self.status in LIVE and self.shown:
             self._hub.schedule(self, TICK_S)
+
+    def _closed_client(self) -> bool:
+        if not self._client.closed:
+            return False
+        self._hub.forget(self)  # its engine was shut down: what the view shows stays as it was
+        return True
 
     def _draw_header(self) -> None:
         info = self._info

@@ -114,8 +114,8 @@ class EventTable(Shown, widgets.VBox):
                           self._pane_box], **kwargs)
         self.add_class("scf-table")
         self._track_views()
+        self._hub.listen(self)  # before the first read: a change committed in between is not missed
         self.refresh()
-        self._hub.listen(self)
 
     # -- building ---------------------------------------------------------------------------------------------
     def _build_controls(self) -> None:
@@ -216,7 +216,9 @@ class EventTable(Shown, widgets.VBox):
             self._hub.schedule(self, self._last_refresh + REFRESH_S - time.monotonic())
 
     def _turn(self) -> None:
-        if self.shown:
+        if self._client.closed:  # its engine was shut down: nothing more will change
+            self._hub.forget(self)
+        elif self.shown:
             self.refresh()
         else:
             self._stale = True  # refreshed when a browser shows it again
