@@ -164,7 +164,8 @@ def drive(page: Any, lab: dict[str, Any], gates: Path) -> None:
     page.wait_for_function(f"() => document.querySelectorAll('.scf-eventview .scf-logpane .scf-line').length"
                            f" >= {seen + 10}")
     assert view.locator(".scf-logpane .scf-stderr").count() >= 1
-    assert badge.inner_text() == "RUNNING"
+    page.wait_for_function("() => document.querySelector('.scf-eventview .scf-head-line .scf-badge')"
+                           ".textContent === 'RUNNING'")
     assert ticker in view.locator(".scf-rid").inner_text()
     shot(page, "1-running")
 
@@ -172,7 +173,7 @@ def drive(page: Any, lab: dict[str, Any], gates: Path) -> None:
     (gates / "ticker").write_text("")
     page.wait_for_function("() => document.querySelector('.scf-eventview .scf-head-line .scf-badge')"
                            ".textContent === 'FINISHED'")
-    assert "finished:" in view.locator(".scf-finished").inner_text()
+    assert badge.inner_text() == "FINISHED" and "finished:" in view.locator(".scf-finished").inner_text()
     assert "ticks" in view.locator(".scf-outcome").inner_text()
     shot(page, "2-finished")
 
