@@ -95,7 +95,8 @@ class LogPane(widgets.VBox):
         self._pending: deque[Line] = deque(maxlen=max_lines)  # arrived, not yet drawn: older ones are in the store
         self._scheduled = False
         self._last_flush = 0.0
-        self._ended = False
+        self._ended = False  # the follower has given every line (set by its thread)
+        self._drawn_end = False  # ... and they were all drawn (set by the hub's)
         self.messages = 0  # new values sent to the browser (one per batch)
         self._hub = hub_for(self._client)
         self._follower: LogFollower = self._client.follow(request_id)  # an unknown id raises here, at once
@@ -121,7 +122,7 @@ class LogPane(widgets.VBox):
     @property
     def ended(self) -> bool:
         """The event has ended and every line of it was drawn."""
-        return self._ended
+        return self._drawn_end
 
     # -- the follower thread ---------------------------------------------------------------------------------
     def _follow(self) -> None:
@@ -151,6 +152,7 @@ class LogPane(widgets.VBox):
         with self._drawing:
             self._window.add(lines)
             self._redraw(ended)
+            self._drawn_end = ended
         with self._lock:  # lines that came while this batch was drawn wait FLUSH_S from its sending
             self._last_flush = time.monotonic()
             again = self._scheduled = bool(self._pending) or self._ended != ended
