@@ -130,7 +130,10 @@ def run(quick: bool) -> list[dict]:
         blast = [n / _ingest(n, "blaster")[0] for _ in range(reps)]
         log(f"one-write burst lines/s {blast}")
         lat = _follow(follow_s)
-    med = lambda xs: sorted(xs)[len(xs) // 2]
+
+    def med(xs: list[float]) -> float:
+        return sorted(xs)[len(xs) // 2]
+
     return [
         row("6a", f"log lines ingested ({n:,} prints)", "lines/s", {"p50": med(rates), "p95": min(rates),
             "rounds": rates, "handler_pace": producer}, loky={"p50": med(lk), "p95": min(lk), "rounds": lk},

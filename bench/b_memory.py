@@ -65,7 +65,12 @@ def _pymalloc_mb() -> dict[str, float]:
             os.close(saved)
         f.seek(0)
         text = f.read().decode()
-    num = lambda name: int(re.search(re.escape(name) + r"\s*=\s*([\d,]+)", text).group(1).replace(",", ""))
+
+    def num(name: str) -> int:
+        found = re.search(re.escape(name) + r"\s*=\s*([\d,]+)", text)
+        assert found is not None, name
+        return int(found.group(1).replace(",", ""))
+
     return {"pymalloc_arenas_mb": float(num("# arenas allocated current")),  # 1 MiB each (Python 3.10+)
             "pymalloc_used_mb": num("# bytes in allocated blocks") / 2**20}
 
@@ -122,7 +127,10 @@ def snapshot(label: str, events: int) -> dict[str, Any]:
         top = tracemalloc.take_snapshot().statistics("lineno")[:12]
         snap["traced_mb"] = tracemalloc.get_traced_memory()[0] / 2**20
         snap["top"] = [f"{s.size / 2**20:.1f} MB {s.count} {s.traceback}" for s in top]
-    g = lambda k: snap.get(k, float("nan"))
+
+    def g(k: str) -> Any:
+        return snap.get(k, float("nan"))
+
     tags = ", ".join(f"{k} {v:.0f}" for k, v in duck.items())
     log(f"{label}: RSS {g('rss_mb'):.0f} MB, anon {g('anonymous_mb'):.0f}: pymalloc arenas "
         f"{g('pymalloc_arenas_mb'):.0f} (objects {g('pymalloc_used_mb'):.0f}), glibc heap {g('heap_mb'):.0f} "

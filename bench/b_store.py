@@ -57,7 +57,9 @@ def run(quick: bool) -> list[dict]:
         sample = [r[0] for r in store.rows(f"SELECT request_id FROM events USING SAMPLE {4 * reps + 10} ROWS")]
         assert all(key_of(r) for r in sample)
         rng = random.Random(1)
-        pick = lambda: rng.choice(sample)
+
+        def pick() -> str:
+            return rng.choice(sample)
 
         def page():
             df = scf_nb.list_events(f"fn{rng.randrange(20):02d}", status=rng.choice(["FAILED", "FINISHED", "ABORTED"]))

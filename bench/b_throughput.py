@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import time
+from typing import Any
 
 from common import engine_home, loky_executor, noop, row, warm_function
 
@@ -68,8 +69,10 @@ def run(quick: bool) -> list[dict]:
                 out.append(measure())
             time.sleep(0.2)
         total = int(scf_nb.overview("noop").set_index("status")["count"]["FINISHED"])
-    med = lambda xs: sorted(xs)[len(xs) // 2]
-    summary = lambda xs: {"p50": med(xs), "p95": min(xs), "rounds": xs}
+
+    def summary(xs: list[float]) -> dict[str, Any]:
+        return {"p50": sorted(xs)[len(xs) // 2], "p95": min(xs), "rounds": xs}
+
     common = {"target": ">= 1.5x loky", "ratio_target": (">=", 1.5), "higher_is_better": True,
               "note": f"{n} no-ops per round, {rounds} rounds, concurrency={workers}; p95 column = worst round"}
     return [

@@ -106,7 +106,8 @@ def _fmt(v: Any) -> str:
 
 
 # -- timing ---------------------------------------------------------------------------------------------------
-now_us = lambda: time.perf_counter_ns() / 1000.0
+def now_us() -> float:
+    return time.perf_counter_ns() / 1000.0
 
 
 def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.002) -> bool:

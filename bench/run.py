@@ -39,6 +39,7 @@ BENCHMARKS = {
     "store": ("b_store", "7. 1M events + 10M lines: queries and engine RSS", 600),
     "cold": ("b_cold", "8. first event from a cold engine", 240),
     "memory": ("b_memory", "9. RSS of the process that ran 1M events + 10M lines, and 1M more", 900),
+    "widgets": ("b_widgets", "10. notebook views: event table at 1M events, log pane at 10k lines/s", 900),
 }
 
 
@@ -57,12 +58,14 @@ def run_one(name: str, quick: bool) -> dict:
     limit = BENCHMARKS[name][2] // (2 if quick else 1)
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--out", out] + (["--quick"] if quick else [])
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--out", out]
+    cmd += ["--quick"] if quick else []
     t = time.perf_counter()
     try:
         proc = subprocess.run(cmd, check=False, timeout=limit)
         if proc.returncode != 0:
-            return {"name": name, "error": f"exit code {proc.returncode}", "rows": [], "seconds": time.perf_counter() - t}
+            return {"name": name, "error": f"exit code {proc.returncode}", "rows": [],
+                    "seconds": time.perf_counter() - t}
         return json.loads(Path(out).read_text())
     except subprocess.TimeoutExpired:
         return {"name": name, "error": f"timed out after {limit} s", "rows": [], "seconds": time.perf_counter() - t}
@@ -88,13 +91,14 @@ def table(results: list[dict]) -> str:
             lines.append((r["id"], r["figure"], r["unit"], fmt(scf.get("p50")), fmt(scf.get("p95")),
                           fmt(loky.get("p50")), fmt(loky.get("p95")), ratio, r["target"], r["verdict"]))
     widths = [max(len(str(x[i])) for x in [head] + lines) for i in range(len(head))]
-    out = [" | ".join(str(c).ljust(w) for c, w in zip(head, widths)),
+    out = [" | ".join(str(c).ljust(w) for c, w in zip(head, widths, strict=True)),
            "-+-".join("-" * w for w in widths)]
-    out += [" | ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines]
+    out += [" | ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
     notes = []
     for res in results:
         for r in res["rows"]:
-            bits = ([f"checked: {'; '.join(r['checked'])}"] if r["checked"] else []) + ([r["note"]] if r["note"] else [])
+            bits = [f"checked: {'; '.join(r['checked'])}"] if r["checked"] else []
+            bits += [r["note"]] if r["note"] else []
             if bits:
                 notes.append(f"  {r['id']}: " + " | ".join(bits))
     return "\n".join(out + ["", "notes:"] + notes)

@@ -47,7 +47,8 @@ def generate(home: Path, n_events: int, lines_per_event: int) -> dict:
            CASE WHEN status = 'FINISHED' THEN '{{"ok": true, "n": ' || k || '}}' END,
            CASE WHEN status = 'FAILED' THEN 'ValueError' END,
            CASE WHEN status = 'FAILED' THEN 'bad input ' || k END,
-           CASE WHEN status = 'FAILED' THEN 'Traceback (most recent call last):\n  File "<scf_function>", line 3, in main_handler\nValueError: bad input ' || k END,
+           CASE WHEN status = 'FAILED' THEN 'Traceback (most recent call last):\n  File "<scf_function>", line 3, '
+                || 'in main_handler\nValueError: bad input ' || k END,
            CASE status WHEN 'FINISHED' THEN 'returned' WHEN 'FAILED' THEN 'the handler raised; instance replaced'
                        ELSE 'terminated: SIGKILL' END,
            '{{"src": "file_' || k || '.mov"}}', 10000 + (k % 97)

@@ -192,7 +192,7 @@ def check(driver: Any, stuck: list[Any]) -> Report:
 
 def _check_listed(driver: Any, seen: dict[str, Seen], rep: Report) -> None:
     frame = scf_nb.list_events(limit=None)
-    listed = dict(zip(frame["request_id"], frame["status"]))
+    listed = dict(zip(frame["request_id"], frame["status"], strict=True))
     for s in driver.sent:
         if s.rid not in listed:
             rep.bad("lost", f"{s.rid} ({s.fn}, {s.kind}) is not in list_events")
@@ -203,7 +203,7 @@ def _check_listed(driver: Any, seen: dict[str, Seen], rep: Report) -> None:
         rep.bad("lost", f"list_events has {len(extra)} events never invoked, e.g. {sorted(extra)[0]}")
     for name in driver.functions:
         ov = scf_nb.overview(name)
-        counts = dict(zip(ov["status"], ov["count"]))
+        counts = dict(zip(ov["status"], ov["count"], strict=True))
         mine: dict[str, int] = defaultdict(int)
         for s in driver.sent:
             if s.fn == name:

@@ -47,6 +47,7 @@ if TYPE_CHECKING:  # what __getattr__ loads on first use, for type checkers: the
     from .store.follow import LogLine as LogLine
     from .store.observe import Changes as Changes
     from .store.observe import Subscription as Subscription
+    from .widgets import event_table as event_table
 
 __version__ = "0.1.0"
 
@@ -55,9 +56,10 @@ _API = {
     "delete_function", "invoke", "wait", "get_event", "get_event_status", "list_events", "overview", "terminate",
     "logs", "search_logs", "export", "purge", "follow", "subscribe",
 }
+# names loaded from a module of their own on first use: types, and the notebook views (needs ipywidgets)
 _TYPES = {"Event": ".clients.events", "Function": ".core.functions", "Client": ".clients.embedded",
           "ClientProtocol": ".clients.protocol", "Config": ".core.config", "Changes": ".store.observe",
-          "Subscription": ".store.observe", "LogLine": ".store.follow"}
+          "Subscription": ".store.observe", "LogLine": ".store.follow", "event_table": ".widgets"}
 
 __all__ = sorted(_API | set(_TYPES) | {"ScfError", "FunctionError", "EventAborted", "Status",
                                        "load_ipython_extension", "unload_ipython_extension"})

@@ -6,8 +6,9 @@ signatures and docstrings (``clients.protocol.ClientProtocol``; a test keeps the
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pandas as pd
 

@@ -1,18 +1,42 @@
 """IPython magics: a thin adapter. Each parses its line with ``magic_arguments`` and makes one call on the
-client API. ``%load_ext scf_nb`` registers them; ``%magic_name?`` shows the help below."""
+client API. ``%load_ext scf_nb`` registers them; ``%magic_name?`` shows the help below.
+
+In a Jupyter kernel with ipywidgets, ``%scf_invoke`` (async), ``%scf_events``, ``%scf_logs --follow`` and
+``%scf_overview`` show the notebook views of ``scf_nb.widgets``; elsewhere (a terminal IPython, no
+ipywidgets) they give text and DataFrames."""
 
 from __future__ import annotations
 
+import argparse
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic import Magics, magics_class
 
 from . import api
 from .clients.events import Event
 from .core.errors import ScfError
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+if TYPE_CHECKING:  # the decorators return what they decorate: IPython's magic_arguments has no annotations,
+    # and its line_magic / cell_magic say "the function or a decorator" (they also take a name)
+    _F = TypeVar("_F", bound=Callable[..., Any])
+
+    def line_magic(func: _F) -> _F: ...
+    def cell_magic(func: _F) -> _F: ...
+    def magic_arguments(name: str | None = None) -> Callable[[_F], _F]: ...
+    def argument(*args: Any, **kwargs: Any) -> Callable[[_F], _F]: ...
+    def parse_argstring(magic_func: Callable[..., Any], argstring: str, *,
+                        partial: bool = False) -> argparse.Namespace: ...
+    def display(*objs: Any, **kwargs: Any) -> None: ...
+else:
+    from IPython.core.magic import cell_magic, line_magic
+    from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+    from IPython.display import display
 
 
 def _unquote(text: str) -> str:
@@ -22,7 +46,7 @@ def _unquote(text: str) -> str:
     return text
 
 
-def _parse(magic: Callable[..., Any], line: str) -> Any:
+def _parse(magic: Callable[..., Any], line: str) -> argparse.Namespace:
     try:
         return parse_argstring(magic, line)
     except UsageError:
@@ -49,7 +73,18 @@ def _print_followed(request_id: str, stream: str | None) -> None:
     print(f"-- {_call(api.client().wait_event, request_id, 0)}")
 
 
-def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def _views(shell: Any) -> Any:
+    """``scf_nb.widgets`` where ``shell`` can show widgets (a Jupyter kernel with ipywidgets), else None."""
+    if getattr(shell, "kernel", None) is None:
+        return None
+    try:
+        from . import widgets
+    except ImportError:
+        return None
+    return widgets
+
+
+def _call(fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
     """One API call; its ScfError becomes a one-line UsageError, not a traceback."""
     try:
         return fn(*args, **kwargs)
@@ -113,11 +148,17 @@ class ScfMagics(Magics):
             except json.JSONDecodeError as e:
                 raise UsageError(f"scf_invoke: --event is not valid JSON: {e}") from None
         elif args.event_var is not None:
-            if args.event_var not in self.shell.user_ns:
+            user_ns = self._user_ns()
+            if args.event_var not in user_ns:
                 raise UsageError(f"scf_invoke: no variable named {args.event_var!r}")
-            event = self.shell.user_ns[args.event_var]
-        return _call(api.invoke, _unquote(args.name), event, qualifier=_unquote(args.qualifier),
-                     namespace=args.namespace)
+            event = user_ns[args.event_var]
+        name, qualifier = _unquote(args.name), _unquote(args.qualifier)
+        ev = _call(api.invoke, name, event, qualifier=qualifier, namespace=args.namespace)
+        views = _views(self.shell)
+        if views is not None and _call(api.get_function, name, namespace=args.namespace,
+                                       qualifier=qualifier).async_run:
+            display(views.event_view(ev))
+        return ev
 
     @magic_arguments()
     @argument("--function", help="only this function")
@@ -126,12 +167,26 @@ class ScfMagics(Magics):
     @argument("--limit", type=int, default=20)
     @argument("--offset", type=int, default=0)
     @argument("--order", default="DESC", help="ASC or DESC")
+    @argument("--request-id", help="only this RequestId")
+    @argument("--since", help="started at or after this time (YYYY-MM-DD HH:MM:SS, local)")
+    @argument("--until", help="started before this time")
     @line_magic
     def scf_events(self, line: str) -> Any:
-        """List events (newest first) as a DataFrame."""
+        """The event table (newest first): a live table with filters and Terminate buttons in a notebook,
+        a DataFrame elsewhere (--limit rows from --offset)."""
         args = _parse(self.scf_events, line)
-        return _call(api.list_events, args.function, namespace=args.namespace, status=args.status,
-                     limit=args.limit, offset=args.offset, order=args.order)
+        since, until = (_unquote(t) if t else None for t in (args.since, args.until))
+        views = _views(self.shell)
+        if views is None:
+            return _call(api.list_events, args.function, namespace=args.namespace, status=args.status,
+                         request_id=args.request_id, start_time=(since, until) if since or until else None,
+                         limit=args.limit, offset=args.offset, order=args.order)
+        table = _call(views.event_table, args.function, namespace=args.namespace, status=args.status,
+                      request_id=args.request_id, since=since, until=until, page_size=args.limit,
+                      order=args.order)
+        if args.offset:
+            table.go(args.offset // args.limit)
+        return table
 
     @magic_arguments()
     @argument("request_id", help="a RequestId, or the name of a variable holding an Event")
@@ -139,9 +194,14 @@ class ScfMagics(Magics):
     @argument("--stream", help="stdout or stderr only")
     @line_magic
     def scf_logs(self, line: str) -> None:
-        """Print an event's log lines; with --follow, keep printing until it ends (interrupt to stop)."""
+        """Print an event's log lines; with --follow, keep printing until it ends (interrupt to stop). In a
+        notebook, --follow shows a live log pane instead (the cell returns at once)."""
         args = _parse(self.scf_logs, line)
         request_id = self._request_id(args.request_id)
+        views = _views(self.shell) if args.follow and args.stream is None else None
+        if views is not None:
+            display(_call(views.log_pane, request_id))
+            return
         if args.follow:
             _print_followed(request_id, args.stream)
             return
@@ -174,14 +234,23 @@ class ScfMagics(Magics):
     @argument("--namespace")
     @line_magic
     def scf_overview(self, line: str) -> Any:
-        """Counts and durations per status as a DataFrame."""
+        """Counts and durations per status: beside pictures (events per status over time, durations per
+        function) in a notebook, as a DataFrame elsewhere."""
         args = _parse(self.scf_overview, line)
-        return _call(api.overview, args.function, namespace=args.namespace)
+        views = _views(self.shell)
+        if views is None:
+            return _call(api.overview, args.function, namespace=args.namespace)
+        return _call(views.overview_view, args.function, namespace=args.namespace)
 
     def _request_id(self, text: str) -> str:
         text = _unquote(text)
-        value = self.shell.user_ns.get(text) if text.isidentifier() else None
+        value = self._user_ns().get(text) if text.isidentifier() else None
         return value.request_id if isinstance(value, Event) else text
+
+    def _user_ns(self) -> dict[str, Any]:
+        assert self.shell is not None, "the magics are registered on a shell"
+        user_ns: dict[str, Any] = self.shell.user_ns
+        return user_ns
 
 
 def load(ipython: Any) -> None:

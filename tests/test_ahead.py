@@ -14,8 +14,9 @@ import os
 import random
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from conftest import GATE, wait_until

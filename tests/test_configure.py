@@ -7,8 +7,9 @@ Real loky instances and a real DuckDB store; handlers wait on gate files, not on
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from conftest import GATE, wait_until

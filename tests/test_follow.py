@@ -40,7 +40,7 @@ def chatty(scf: Any, tmp_path: Path, before: int = 3, after: int = 3000, trace: 
 
 def as_stored(ev: Any, since_seq: int = 0) -> list[tuple[Any, ...]]:
     df = ev.logs(since_seq=since_seq)
-    return list(zip(df.seq, [t.to_pydatetime() for t in df.ts], df.stream, df.line))
+    return list(zip(df.seq, [t.to_pydatetime() for t in df.ts], df.stream, df.line, strict=True))
 
 
 def test_follow_of_a_running_event_gives_every_line_once_in_order_and_ends_with_it(scf: Any, tmp_path: Path) -> None:

@@ -5,8 +5,9 @@ there, the event that was running is FAILED with a reason, and nothing of the de
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from conftest import kill_quietly, pid_alive, wait_until

@@ -47,11 +47,12 @@ def test_core_client_and_api_import_no_jupyter_code() -> None:
 
 def test_every_core_module_imports_no_jupyter_code() -> None:
     """Every module of every package (the domain, engine, instances, store, clients): only the adapters beside
-    them (``magics.py``) may."""
+    them (``magics.py``, ``widgets/``) may."""
     code = """
-        import pkgutil, importlib, scf_nb
-        for m in pkgutil.walk_packages(scf_nb.__path__, "scf_nb."):
-            if m.name != "scf_nb.magics":
+        import pkgutil, importlib
+        for package in ("core", "engine", "store", "clients", "instances", "instances.loky"):
+            path = importlib.import_module("scf_nb." + package).__path__
+            for m in pkgutil.iter_modules(path, f"scf_nb.{package}."):
                 importlib.import_module(m.name)
     """
     assert loaded_after(code, JUPYTER) == []

@@ -148,7 +148,7 @@ def test_lines_are_queryable_while_the_event_runs_and_since_seq_follows(scf: Any
     later = wait_logs(scf, rid, 2, "the lines after seq 2", since_seq=2)
     assert ev.status == "RUNNING"
     assert list(later.seq) == [3, 4]
-    assert sorted(zip(later.stream, later.line)) == [("stderr", "second 2"), ("stdout", "second 1")]
+    assert sorted(zip(later.stream, later.line, strict=True)) == [("stderr", "second 2"), ("stdout", "second 1")]
     assert len(scf.logs(rid, since_seq=4)) == 0
     assert list(ev.logs(since_seq=3).seq) == [4]  # the Event handle follows the same way
 
@@ -397,7 +397,7 @@ def test_search_logs_finds_lines_across_events_with_their_request_id(scf: Any) -
     for ev in (a, b, c):
         ev.result(timeout=60)
     found = scf.search_logs("needle")
-    assert sorted(zip(found.request_id, found.line)) == sorted(
+    assert sorted(zip(found.request_id, found.line, strict=True)) == sorted(
         [(a.request_id, "the Needle-1 is here"), (b.request_id, "another NEEDLE-2")])
     assert {"request_id", "function_name", "seq", "ts", "stream", "line"} <= set(found.columns)
     only_two = scf.search_logs("needle", function="two")

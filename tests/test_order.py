@@ -3,6 +3,7 @@ takes the oldest waiting event, and a long event on one instance holds up nothin
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ def run_times(evs: list[Any]) -> list[Any]:
 
 
 def in_order(times: list[Any]) -> bool:
-    return all(a <= b for a, b in zip(times, times[1:]))
+    return all(a <= b for a, b in pairwise(times))
 
 
 def test_events_behind_a_long_one_run_in_order_on_the_free_instance(scf: Any, tmp_path: Path) -> None:

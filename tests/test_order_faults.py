@@ -12,8 +12,9 @@ import glob
 import os
 import signal
 import socket
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from conftest import GATE, wait_until
@@ -300,7 +301,8 @@ def test_an_event_sent_to_an_idle_instance_killed_before_the_engine_noticed_runs
         os.kill(first["pid"], signal.SIGKILL)
         wait_until(lambda: _zombie(first["pid"]), 10, "the instance to die")
         ev = scf.invoke("one", {"touch": str(tmp_path / "ran")})
-        wait_until(lambda: inst.offer is not None and inst.sent_upto > 0, 10, "the event to be offered to the dead instance")
+        wait_until(lambda: inst.offer is not None and inst.sent_upto > 0, 10,
+                   "the event to be offered to the dead instance")
         assert ev.status == "QUEUED"
     finally:
         engine.backend.spawner._on_exit = on_exit

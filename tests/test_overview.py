@@ -40,7 +40,7 @@ def assert_matches_sql(scf: Any, function: str | None = None, namespace: str | N
     want = sql_overview(scf.client().engine.store.rows, function, namespace)
     for row in frame.itertuples(index=False):
         assert_figures(tuple(row)[1:], want.get(row.status, NAN))
-    return dict(zip(frame.status, frame["count"].tolist()))
+    return dict(zip(frame.status, frame["count"].tolist(), strict=True))
 
 
 def test_overview_equals_sql_as_events_end_run_and_after_a_restart(scf: Any, tmp_path: Path) -> None:

@@ -8,8 +8,9 @@ from __future__ import annotations
 import math
 import random
 import statistics
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import duckdb
 import numpy as np

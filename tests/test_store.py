@@ -55,7 +55,8 @@ def test_history_results_and_logs_survive_a_restart(scf: Any) -> None:
 
     after = scf.list_events(limit=None)
     assert sorted(ids(after)) == sorted(ids(before)) == sorted([ok.request_id, bad.request_id])
-    assert dict(zip(after.request_id, after.status)) == {ok.request_id: "FINISHED", bad.request_id: "FAILED"}
+    statuses = dict(zip(after.request_id, after.status, strict=True))
+    assert statuses == {ok.request_id: "FINISHED", bad.request_id: "FAILED"}
     assert scf.get_event(ok.request_id).result() == {"tag": "a", "qualifier": "$LATEST"}
     with pytest.raises(scf.FunctionError) as e:
         scf.get_event(bad.request_id).result()
@@ -325,14 +326,14 @@ def test_concurrent_purges_do_not_fail(scf: Any, clock: Clock) -> None:
         barrier = threading.Barrier(4)
         deleted: list[int] = []
 
-        def purge() -> None:
+        def purge(barrier: threading.Barrier, deleted: list[int]) -> None:
             barrier.wait()
             try:
                 deleted.append(scf.purge())
             except BaseException as e:  # noqa: BLE001 - collected and reported below
                 errors.append(e)
 
-        threads = [threading.Thread(target=purge) for _ in range(4)]
+        threads = [threading.Thread(target=purge, args=(barrier, deleted)) for _ in range(4)]
         for t in threads:
             t.start()
         for t in threads:
@@ -468,7 +469,7 @@ STATUSES = ["QUEUED", "RUNNING", "FINISHED", "FAILED", "ABORTED"]
 
 def counts(frame: Any) -> dict[str, int]:
     assert sorted(frame.status) == sorted(STATUSES)  # one row per status, zeros included
-    return {s: int(c) for s, c in zip(frame.status, frame["count"])}
+    return {s: int(c) for s, c in zip(frame.status, frame["count"], strict=True)}
 
 
 def test_overview_counts_every_status_per_function_and_overall(scf: Any, tmp_path: Path) -> None:

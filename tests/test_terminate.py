@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from conftest import kill_quietly, pid_alive, wait_until
@@ -290,7 +291,7 @@ def test_terminate_many_running_events_at_once(scf: Any) -> None:
     child = int(wait_line(evs[2], "child").split()[-1])
     for ev in evs:
         ev.terminate(wait=False)
-    for ev, pid in zip(evs, pids):
+    for ev, pid in zip(evs, pids, strict=True):
         assert ev.wait(timeout=30) == "ABORTED"
         check_aborted(scf, ev, pid)
     wait_until(lambda: not pid_alive(child), 20, f"child process {child} to be gone")

@@ -4,7 +4,8 @@ client (in-process, later over HTTP) and for events of an earlier session."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -22,7 +23,7 @@ class Event:
 
     __slots__ = ("_client", "request_id", "function_name")
 
-    def __init__(self, client: "ClientProtocol", request_id: str, function_name: str = "") -> None:
+    def __init__(self, client: ClientProtocol, request_id: str, function_name: str = "") -> None:
         self._client = client
         self.request_id = request_id
         self.function_name = function_name
@@ -47,15 +48,15 @@ class Event:
         """
         return self._client.event_result(self.request_id, timeout)
 
-    def logs(self, since_seq: int | None = None, stream: str | None = None) -> "pd.DataFrame":
+    def logs(self, since_seq: int | None = None, stream: str | None = None) -> pd.DataFrame:
         """Every line the event wrote so far: columns ``seq, ts, stream, line``."""
         return self._client.logs(self.request_id, since_seq=since_seq, stream=stream)
 
-    def follow(self, since_seq: int | None = None, timeout: float | None = None) -> "LogFollower":
+    def follow(self, since_seq: int | None = None, timeout: float | None = None) -> LogFollower:
         """Its log lines as they come, until it ends (see ``scf_nb.follow``)."""
         return self._client.follow(self.request_id, since_seq=since_seq, timeout=timeout)
 
-    def add_done_callback(self, fn: "Callable[[Event], Any]") -> None:
+    def add_done_callback(self, fn: Callable[[Event], Any]) -> None:
         """Call ``fn(self)`` once when the event ends; at once if it has (see ``Client.add_done_callback``)."""
         self._client.add_done_callback(self, fn)
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import invalid
 
@@ -64,7 +65,7 @@ class Config:
     def db_path(self) -> Path:
         return Path(self.home) / "scf_nb.duckdb"
 
-    def updated(self, **changes: Any) -> "Config":
+    def updated(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied and checked; a clear error names an unknown or bad setting."""
         known = {f.name for f in fields(self)}
         for name in changes:
@@ -74,7 +75,7 @@ class Config:
         cfg._check()
         return cfg
 
-    def differences(self, other: "Config") -> list[str]:
+    def differences(self, other: Config) -> list[str]:
         """The names of the settings whose values differ between this config and ``other`` (two spellings of
         one folder are the same ``home``)."""
         out = [f.name for f in fields(self) if f.name != "home" and getattr(self, f.name) != getattr(other, f.name)]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 from .config import ASYNC_DEFAULT_TIMEOUT_S, SYNC_DEFAULT_TIMEOUT_S
 from .errors import ScfError, invalid, not_found_function
@@ -78,7 +79,8 @@ def check_code(name: str, code: Any, handler: str) -> None:
         tree = ast.parse(code, filename=f"<scf_function {name}>")
     except SyntaxError as e:
         line = (e.text or "").rstrip("\n")
-        raise invalid("Code", f"syntax error in {name}, line {e.lineno}: {e.msg}" + (f"\n    {line}" if line else "")) from None
+        shown = f"\n    {line}" if line else ""
+        raise invalid("Code", f"syntax error in {name}, line {e.lineno}: {e.msg}{shown}") from None
     if handler not in _top_level_names(tree.body):
         defined = sorted(n for n in _top_level_names(tree.body) if not n.startswith("_"))
         hint = f"; it defines: {', '.join(defined)}" if defined else ""
@@ -111,7 +113,8 @@ def _positive(name: str, value: Any, kind: type = float) -> Any:
     if kind is int:
         ok = ok and float(value).is_integer()
     if not ok:
-        raise invalid(name.capitalize(), f"{name} must be a positive {'integer' if kind is int else 'number'}, got {value!r}")
+        wanted = "integer" if kind is int else "number"
+        raise invalid(name.capitalize(), f"{name} must be a positive {wanted}, got {value!r}")
     return kind(value)
 
 
@@ -128,8 +131,9 @@ def make_function(name: str, code: str, *, async_run: bool, trace: bool, timeout
         raise invalid("Environment", f"env must be a dict of names to values, got {env!r}")
     return Function(
         name=name, namespace=namespace, code=code, handler=handler, async_run=bool(async_run),
-        trace=bool(trace), timeout=_positive("timeout", timeout), concurrency=_positive("concurrency", concurrency, int),
-        qps_limit=_positive("qps_limit", qps_limit), env={k: str(v) for k, v in env.items()},
+        trace=bool(trace), timeout=_positive("timeout", timeout),
+        concurrency=_positive("concurrency", concurrency, int), qps_limit=_positive("qps_limit", qps_limit),
+        env={k: str(v) for k, v in env.items()},
         memory_mb=_positive("memory_mb", memory_mb, int), description=str(description or ""),
     )
 

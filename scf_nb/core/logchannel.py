@@ -11,7 +11,7 @@ as backslash escapes. Nothing is dropped.
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 # Written by an instance after an event's last byte on each stream (its capture writes it; see the worker).
 END_MARKER = b"\x00\x1fscf_nb:end\x1f\x00"

@@ -6,9 +6,13 @@ import math
 import os
 import random
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .status import Status
+
+if TYPE_CHECKING:
+    from ..instances.backend import Instance
+    from .functions import Function
 
 # uuid4's os.urandom releases the GIL mid-invoke (another thread cuts in: p99 126 -> 23 us without it), and
 # random bits are cheaper made 512 at a time than one id at a time.
@@ -61,8 +65,23 @@ class EventState:
         "error_type", "error_message", "error_traceback", "exit_reason", "payload", "instance_pid",
         "init_duration_ms", "result_pickle", "fn", "log_seq", "inserted", "instance", "accepted",
     )
+    # None until the event runs or ends
+    run_time: float | None
+    end_time: float | None
+    duration_ms: float | None
+    billed_duration_ms: int | None
+    mem_usage_bytes: int | None
+    result: str | None  # its JSON text
+    error_type: str | None
+    error_message: str | None
+    error_traceback: str | None
+    exit_reason: str | None
+    instance_pid: int | None
+    init_duration_ms: float | None
+    result_pickle: bytes | None
+    instance: Instance | None
 
-    def __init__(self, key: int, request_id: str, fn: Any, qualifier: str, payload: str, now: float) -> None:
+    def __init__(self, key: int, request_id: str, fn: Function, qualifier: str, payload: str, now: float) -> None:
         self.key = key
         self.request_id = request_id
         self.fn = fn

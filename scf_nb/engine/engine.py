@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..core.config import Config
@@ -100,7 +101,7 @@ class Engine:
         return self.settings.config
 
     @property
-    def clock(self) -> Any:
+    def clock(self) -> Callable[[], float]:
         return self.settings.clock
 
     @property

@@ -213,7 +213,8 @@ class Lifecycle:
                 death = self.backend.cause_of_death(inst)
                 out = self.memory.died(inst, death) or Outcome(Status.FAILED, "InstanceDied", death.description,
                                                                "instance died")
-            self.table.end(ev, out.status, error_type=out.error_type,  # type: ignore[arg-type]
+            assert out.status is not None  # both outcomes above have one
+            self.table.end(ev, out.status, error_type=out.error_type,
                            error_message=out.error_message, exit_reason=out.exit_reason,
                            mem_usage_bytes=out.mem_usage_bytes)
         elif not inst.connected:

@@ -108,7 +108,7 @@ class MemoryLimits:
         if peak is not None:
             used = max(mem or 0, peak)
             how = f"the kernel's OOM killer stopped it at {used / _MB:.0f} MB"
-        elif said or (inst in self.watched and (mem or 0) > ev.fn.memory_mb * _MB):
+        elif said or (inst in self.watched and ev.fn.memory_mb is not None and (mem or 0) > ev.fn.memory_mb * _MB):
             used = mem or 0
             how = f"{used / _MB:.0f} MB at its peak"
         else:

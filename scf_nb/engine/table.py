@@ -12,7 +12,8 @@ from __future__ import annotations
 import _thread
 import logging
 import math
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..core.status import Status, can_move
 from .recent import RecentEvents

@@ -109,7 +109,9 @@ class Instance:
 class Host(Protocol):
     """What a backend reports to the engine (``engine.lifecycle.Lifecycle``), on the engine thread."""
 
-    pools: Mapping[tuple[str, str], Sequence[Instance]]  # per function, its instances not yet reaped (read only)
+    @property
+    def pools(self) -> Mapping[tuple[str, str], Sequence[Instance]]:
+        """Per function, its instances not yet reaped (read only): the busy ones may be sent events ahead."""
 
     def connected(self, inst: Instance) -> None:
         """``inst`` can serve: the engine loads its function (if it has one), makes it IDLE and dispatches."""

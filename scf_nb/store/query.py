@@ -11,8 +11,9 @@ errors, and only the store's layer (``store.py``, ``stats.py``, ``logbuffer.py``
 from __future__ import annotations
 
 import operator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -49,7 +50,7 @@ def epoch(value: Any, name: str) -> float:
     except (ValueError, TypeError):
         raise invalid("TimeInterval", f"{name}: cannot read {value!r} as a time; use 'YYYY-MM-DD HH:MM:SS', "
                                       f"a datetime or epoch seconds") from None
-    if ts is pd.NaT:
+    if pd.isna(ts):  # pd.Timestamp gives NaT for 'NaT', '' or None (its stubs say Timestamp)
         raise invalid("TimeInterval", f"{name}: {value!r} is not a time")
     if ts.tzinfo is None:
         return float(ts.to_pydatetime().astimezone().timestamp())
@@ -309,7 +310,7 @@ def _one(store: Store, columns: str, request_id: str) -> tuple[Any, ...] | None:
 def event_record(store: Store, request_id: str) -> dict[str, Any] | None:
     """The stored event's ``INFO_COLUMNS`` (the result's JSON text, never its pickle); None if there is none."""
     row = _one(store, ", ".join(INFO_COLUMNS), request_id)
-    return None if row is None else dict(zip(INFO_COLUMNS, row))
+    return None if row is None else dict(zip(INFO_COLUMNS, row, strict=True))
 
 
 def event_status(store: Store, request_id: str) -> tuple[str, bool] | None:

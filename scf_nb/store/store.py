@@ -19,8 +19,9 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import duckdb
 import pandas as pd
@@ -396,7 +397,7 @@ class Store:
     def load_functions(self) -> list[Function]:
         out = []
         for row in self.cursor().execute(f"SELECT {', '.join(_FUNCTION_COLUMNS)} FROM functions").fetchall():
-            d = dict(zip(_FUNCTION_COLUMNS, row))
+            d = dict(zip(_FUNCTION_COLUMNS, row, strict=True))
             d["env"] = json.loads(d["env"] or "{}")
             out.append(Function(**d))
         return out

@@ -57,7 +57,7 @@ class _Records:
         self.map = mmap.mmap(self.fd, _SIZE)
 
     def _get(self, seq: int) -> tuple[int, int, int, float]:
-        return _RECORD.unpack_from(self.map, _BAN.size + (seq % RECORDS) * _RECORD.size)  # type: ignore[return-value]
+        return _RECORD.unpack_from(self.map, _BAN.size + (seq % RECORDS) * _RECORD.size)
 
     def _put(self, seq: int, owner: int, state: int) -> None:
         _RECORD.pack_into(self.map, _BAN.size + (seq % RECORDS) * _RECORD.size, seq, owner, state, 0.0)

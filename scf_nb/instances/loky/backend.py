@@ -24,7 +24,8 @@ import signal
 import socket
 import tempfile
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..backend import Death, Host, Instance, InstanceRecords, Outcome
 from .cgroups import MemoryCgroups

@@ -51,7 +51,8 @@ class LokyInstance(Instance):
         self.unread_bytes = 0
         self.acked = 0
         self.offer_at = 0  # how many runs it had been sent when it was offered ``offer`` (a record number)
-        self.unbound: list[tuple[Any, list[str]]] = []  # lines that may be of an event it claimed idle (unsure)
+        # lines that may be of an event it claimed idle (unsure)
+        self.unbound: list[tuple[LineSplitter, list[str]]] = []
         self.settling = False  # the engine is catching up with what it claimed, before a kill
         self.cgroup: Cgroup | None = None  # a limited instance's memory cgroup, where the machine allows one
 
@@ -79,9 +80,9 @@ class LokyInstance(Instance):
             return
         # Find the descendants before the kill: once the instance is dead its orphans belong to init.
         targets = descendants(pid)
-        for target in (lambda: os.killpg(pid, sig), lambda: os.kill(pid, sig)):
+        for kill in (os.killpg, os.kill):
             try:
-                target()
+                kill(pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
         for p in targets:

@@ -41,7 +41,7 @@ class Leftovers:
 
     def add_pipes(self, inst: LokyInstance, fds: list[int]) -> None:
         """``fds`` (read ends of the worker's fds 1 and 2) are the current pipes from now."""
-        for pipe_fd, stream in zip(fds, ("stdout", "stderr")):
+        for pipe_fd, stream in zip(fds, ("stdout", "stderr"), strict=True):
             os.set_blocking(pipe_fd, False)
             inst.streams[pipe_fd] = LineSplitter(stream)
             self.loop.watch(pipe_fd, self.channels.on_pipe, inst)

@@ -12,7 +12,8 @@ import os
 import queue
 import re
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ...core.status import Status
 from ..backend import Outcome
@@ -122,7 +123,9 @@ def _unname_semaphores(executor: Any) -> None:
                 found.update((item._semlock.name, item) for item in items if isinstance(item, SemLock))
         for name, lock in found.items():
             for ref in weakref.getweakrefs(lock):  # loky's finalizer would remove the name again
-                if isinstance(ref.__callback__, util.Finalize) and ref.__callback__._callback is SemLock._cleanup:
+                # (Finalize's _callback is private: not in its type stubs)
+                if isinstance(ref.__callback__, util.Finalize) and getattr(
+                        ref.__callback__, "_callback", None) is SemLock._cleanup:
                     ref.__callback__.cancel()
             try:
                 sem_unlink(name)

@@ -67,7 +67,7 @@ class Terminated(BaseException):
     """Raised in the handler by SIGTERM (``terminate(grace=True)``): unwinds it, running its ``finally``."""
 
 
-class Context(dict):
+class Context(dict[str, Any]):
     """The handler's second argument: a dict (as in SCF's Python runtime) that also has attributes."""
 
     def __getattr__(self, name: str) -> Any:
@@ -228,7 +228,7 @@ class _Runner:
         if nxt is None:
             self.sock.sendall(wire.frame(("read", self.received)))
             return
-        self.run(*nxt[1:5], own=(nxt[5], claimed_at))
+        self.run(nxt[1], nxt[2], nxt[3], nxt[4], own=(nxt[5], claimed_at))
 
     def run(self, request_id: str, event_json: str, qualifier: str, version: str,
             own: tuple[int, float] | None = None) -> None:
@@ -400,7 +400,7 @@ def _reap_orphans() -> None:
     import multiprocessing
     import subprocess
 
-    held = {o.pid for o in gc.get_objects() if isinstance(o, subprocess.Popen)}
+    held: set[int | None] = {o.pid for o in gc.get_objects() if isinstance(o, subprocess.Popen)}
     held |= {p.pid for p in multiprocessing.active_children()}
     for pid in zombies:
         if pid not in held:

@@ -95,7 +95,7 @@ def move_stdio(side: socket.socket) -> bool:
         return False
     old = list(OWN_ENDS)
     OWN_ENDS[:] = [w for _r, w in pipes]
-    for target, (_r, w) in zip((1, 2), pipes):
+    for target, (_r, w) in zip((1, 2), pipes, strict=True):
         os.dup2(w, target)
     for fd in old:
         os.close(fd)

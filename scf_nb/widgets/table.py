@@ -1,0 +1,289 @@
+"""The event table (``event_table(...)``, ``%scf_events``): the counts per status, filters, one page of events,
+a Terminate button on each live row and, for the row selected, its log pane.
+
+A refresh is two calls of the client protocol, ``list_events`` for one page (``page_size + 1`` rows: the
+extra one only says whether there is a next page) and ``overview`` for the counts (the store's running
+aggregates): its cost does not grow with the number of stored events. The table refreshes when the user
+changes a filter or a page, and when the store's changes (the hub's one subscription) say events changed, at
+most once every ``REFRESH_S`` and only while a browser shows it; with nothing changing it does nothing.
+
+The page's lines are a fixed pool of widgets, redrawn with whichever events a page holds (a new page costs
+new values, not new widgets). A Terminate button, though, belongs to one live RequestId for as long as it
+lives (made when the event shows up live, closed when it has ended or left the page): a click stops the event
+that button was drawn for, even when a refresh moved the rows before the click arrived.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as widgets
+from ipywidgets.widgets.widget_bool import ToggleButtonStyle
+
+from ..core.errors import ScfError
+from ..core.status import ALL
+from . import render
+from .filters import TableQuery
+from .hub import Shown, hub_for
+from .logpane import LogPane
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ..clients.protocol import ClientProtocol
+    from ..store.observe import Changes
+
+REFRESH_S = 1.0
+STATUSES = tuple(s.value for s in ALL)
+LIVE = ("QUEUED", "RUNNING")
+COLUMNS = (("RequestId", "25em"), ("function", "9em"), ("qualifier", "6em"), ("status", "6.5em"),
+           ("start", "9.5em"), ("end", "9.5em"), ("duration", "7em"), ("memory", "5em"))
+
+
+class Row:
+    """One line of the page: its cells (one HTML) and a "log" toggle, drawn with whichever event is on that
+    line now, and that event's Terminate button while it is live."""
+
+    def __init__(self, table: EventTable, shared: dict[str, Any]) -> None:
+        self.request_id = ""
+        self.status = ""
+        self.cells = widgets.HTML(layout=shared["cells"])
+        self.log = widgets.ToggleButton(description="log", layout=shared["button"], style=shared["toggle"],
+                                        tooltip="show this event's log below")
+        self.log.add_class("scf-select")
+        self.box = widgets.HBox([self.cells, self.log], layout=shared["row"])
+        self.box.add_class("scf-row-box")
+        self.log.observe(lambda change: table._select(self, change["new"]), names="value")
+
+    def draw(self, record: Any, selected: bool, terminate: Any) -> None:
+        self.request_id, self.status = record.request_id, record.status  # before the toggle: see _select
+        values = (render.esc(self.request_id), render.esc(record.function_name), render.esc(record.qualifier),
+                  render.badge(record.status), render.clock(record.start_time), render.clock(record.end_time),
+                  render.duration(_seconds(record)), render.megabytes(record.mem_usage_bytes))
+        spans = "".join(f'<span style="width:{w}">{v}</span>' for (_, w), v in zip(COLUMNS, values, strict=True))
+        classes = "scf-row scf-selected" if selected else "scf-row"
+        cells = (f'<div class="{classes}" data-rid="{render.esc(self.request_id)}" '
+                 f'data-status="{render.esc(record.status)}">{spans}</div>')
+        if self.cells.value != cells:
+            self.cells.value = cells
+        if self.log.value != selected:
+            self.log.value = selected
+        children = (self.cells, self.log) if terminate is None else (self.cells, self.log, terminate)
+        if self.box.children != children:
+            self.box.children = children
+
+    def close(self) -> None:
+        for w in (self.cells, self.log, self.box):
+            w.close()
+
+
+def _seconds(record: Any) -> float | None:
+    ms = record.duration_ms
+    if ms == ms and ms is not None:  # not NaN
+        return float(ms) / 1000
+    start = render.epoch(record.start_time)
+    return time.time() - start if record.status == "RUNNING" and start else None
+
+
+class EventTable(Shown, widgets.VBox):
+    """The live event table; see ``event_table``."""
+
+    def __init__(self, query: TableQuery, *, client: ClientProtocol | None = None, **kwargs: Any) -> None:
+        from .. import api
+
+        self._client = client if client is not None else api.client()
+        self.query = query
+        self._hub = hub_for(self._client)
+        self._lock = threading.RLock()
+        self._lines: list[Row] = []  # the page's lines, made as a page first needs them
+        self._buttons: dict[str, widgets.Button] = {}  # live RequestId on the page -> its Terminate button
+        self._shared = {"cells": widgets.Layout(), "button": widgets.Layout(width="auto"),
+                        "style": widgets.ButtonStyle(), "toggle": ToggleButtonStyle(),
+                        "row": widgets.Layout(align_items="center")}
+        self._pending: set[str] = set()  # terminate sent, not yet seen ended
+        self._selected: str | None = None
+        self._last_refresh = 0.0
+        self._stale = False
+        self.refreshes = 0
+        self.page_frame: pd.DataFrame | None = None
+        self._build_controls()
+        self._style = render.style_sheet()
+        super().__init__([self._style, self.counts, self._filters, self._paging, self.error, self._head, self._body,
+                          self._pane_box], **kwargs)
+        self.add_class("scf-table")
+        self._track_views()
+        self._hub.listen(self)  # before the first read: a change committed in between is not missed
+        self.refresh()
+
+    # -- building ---------------------------------------------------------------------------------------------
+    def _build_controls(self) -> None:
+        q = self.query
+        self.counts = widgets.HTML()
+        self.counts.add_class("scf-counts")
+        self.function = widgets.Text(value=q.function or "", placeholder="function", continuous_update=False,
+                                     layout=widgets.Layout(width="11em"))
+        self.request_id = widgets.Text(value=q.request_id or "", placeholder="RequestId", continuous_update=False,
+                                       layout=widgets.Layout(width="24em"))
+        self.since = widgets.Text(value=q.since or "", placeholder="from YYYY-MM-DD HH:MM:SS",
+                                  continuous_update=False, layout=widgets.Layout(width="13em"))
+        self.until = widgets.Text(value=q.until or "", placeholder="to YYYY-MM-DD HH:MM:SS", continuous_update=False,
+                                  layout=widgets.Layout(width="13em"))
+        self.status = {s: widgets.ToggleButton(value=s in q.statuses, description=s,
+                                               layout=widgets.Layout(width="auto")) for s in STATUSES}
+        for w in (self.function, self.request_id, self.since, self.until, *self.status.values()):
+            w.observe(self._on_filter, names="value")
+        self._filters = widgets.HBox([self.function, *self.status.values(), self.since, self.until, self.request_id],
+                                     layout=widgets.Layout(flex_flow="row wrap"))
+        self.newer = widgets.Button(description="< newer", layout=widgets.Layout(width="auto"))
+        self.older = widgets.Button(description="older >", layout=widgets.Layout(width="auto"))
+        self.newer.on_click(lambda _: self.go(self.query.page - 1))
+        self.older.on_click(lambda _: self.go(self.query.page + 1))
+        self.page_label = widgets.HTML()
+        self.graceful = widgets.Checkbox(description="graceful terminate", indent=False)
+        self._paging = widgets.HBox([self.newer, self.page_label, self.older, self.graceful])
+        self.error = widgets.HTML()
+        head = "".join(f'<span style="width:{w}">{name}</span>' for name, w in COLUMNS)
+        self._head = widgets.HTML(f'<div class="scf-head">{head}</div>')
+        self._body = widgets.VBox()
+        self._pane_box = widgets.VBox()
+
+    # -- refresh ------------------------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Read the page and the counts, and draw them (from any thread)."""
+        with self._lock:
+            self._last_refresh = time.monotonic()
+            self._stale = False
+            q = self.query
+            try:
+                frame = self._client.list_events(**q.list_args())
+                counts = self._client.overview(q.function, namespace=q.namespace)
+            except ScfError as e:
+                self.error.value = f'<span class="scf-stderr">{render.esc(e)}</span>'
+                return
+            if self.error.value:
+                self.error.value = ""
+            self.refreshes += 1
+            self._draw(frame.head(q.page_size), len(frame) > q.page_size, counts)
+
+    def _draw(self, frame: pd.DataFrame, has_next: bool, counts: pd.DataFrame) -> None:
+        self.page_frame = frame
+        by_status = dict(zip(counts["status"], counts["count"], strict=True))
+        self.counts.value = " ".join(
+            f'{render.badge(s)} <span class="scf-count" data-status="{s}">{int(by_status.get(s, 0)):,}</span>'
+            for s in STATUSES)
+        records: list[Any] = list(frame.itertuples(index=False))
+        while len(self._lines) < len(records):
+            self._lines.append(Row(self, self._shared))
+        live = {r.request_id for r in records if r.status in LIVE}
+        self._pending -= {r.request_id for r in records if r.status not in LIVE}
+        for rid in [rid for rid in self._buttons if rid not in live]:  # ended, or off the page
+            self._buttons.pop(rid).close()
+        for line, record in zip(self._lines, records, strict=False):  # the pool may hold more lines
+            line.draw(record, record.request_id == self._selected, self._button(record.request_id, live))
+        rows = tuple(line.box for line in self._lines[:len(records)])
+        if rows != self._body.children:
+            self._body.children = rows
+        q = self.query
+        first = q.page * q.page_size
+        shown = f"{first + 1:,}-{first + len(rows):,}" if rows else "none"
+        self.page_label.value = f"&nbsp;page {q.page + 1:,}: events {shown}&nbsp;"
+        self.newer.disabled = q.page == 0
+        self.older.disabled = not has_next
+
+    def _button(self, rid: str, live: set[str]) -> widgets.Button | None:
+        """The Terminate button of ``rid`` if it is live (made once per RequestId, never drawn for another)."""
+        if rid not in live:
+            return None
+        button = self._buttons.get(rid)
+        if button is None:
+            button = widgets.Button(description="Terminate", button_style="danger", layout=self._shared["button"],
+                                    style=self._shared["style"], tooltip=f"stop {rid}: it becomes ABORTED")
+            button.add_class("scf-terminate")
+            self._buttons[rid] = button
+            button.on_click(lambda b: self._terminate(rid, b))
+        pending = rid in self._pending
+        if button.disabled != pending:
+            with button.hold_sync():
+                button.disabled = pending
+                button.description = "terminating..." if pending else "Terminate"
+        return button
+
+    # -- the hub ------------------------------------------------------------------------------------------------
+    def _changed(self, changes: Changes) -> None:
+        if changes.events or changes.overflow:
+            self._hub.schedule(self, self._last_refresh + REFRESH_S - time.monotonic())
+
+    def _turn(self) -> None:
+        if self._client.closed:  # its engine was shut down: nothing more will change
+            self._hub.forget(self)
+        elif self.shown:
+            self.refresh()
+        else:
+            self._stale = True  # refreshed when a browser shows it again
+
+    def _became_shown(self) -> None:
+        if self._stale:
+            self._hub.schedule(self, self._last_refresh + REFRESH_S - time.monotonic())
+
+    # -- user actions -------------------------------------------------------------------------------------------
+    def _on_filter(self, _change: Any) -> None:
+        statuses = tuple(s for s, w in self.status.items() if w.value)
+        try:
+            self.query = self.query.with_filters(self.function.value, statuses, self.since.value, self.until.value,
+                                                 self.request_id.value)
+        except ScfError as e:
+            self.error.value = f'<span class="scf-stderr">{render.esc(e)}</span>'
+            return
+        self.refresh()
+
+    def go(self, page: int) -> None:
+        """Show page ``page`` (0: the newest events, in the default order)."""
+        self.query = self.query.at_page(max(0, page))
+        self.refresh()
+
+    def _terminate(self, rid: str, button: Any) -> None:
+        with self._lock:
+            current = self._buttons.get(rid)
+            if rid in self._pending or current is None or current is not button:  # sent already, or it ended
+                return
+            self._pending.add(rid)
+        with button.hold_sync():
+            button.disabled = True
+            button.description = "terminating..."
+        try:
+            self._client.terminate_event(rid, grace=self.graceful.value, wait=False)
+        except ScfError as e:  # it ended meanwhile
+            self.error.value = f"<i>{render.esc(e)}</i>"
+
+    def _select(self, row: Row, on: bool) -> None:
+        """The "log" toggle of ``row`` changed (a click, or a redraw that moved the selected event)."""
+        with self._lock:
+            if on == (self._selected == row.request_id):
+                return  # a redraw: the selection is where it was
+            self._selected = row.request_id if on else None
+            self._open_pane(self._selected)
+            self._redraw_rows()
+
+    def _redraw_rows(self) -> None:
+        records: list[Any] = list(self.page_frame.itertuples(index=False)) if self.page_frame is not None else []
+        live = {r.request_id for r in records if r.status in LIVE}
+        for line, record in zip(self._lines, records, strict=False):  # the pool may hold more lines
+            line.draw(record, record.request_id == self._selected, self._button(record.request_id, live))
+
+    def _open_pane(self, request_id: str | None) -> None:
+        for old in self._pane_box.children:
+            old.close()
+        self.pane: LogPane | None = LogPane(request_id, client=self._client) if request_id else None
+        self._pane_box.children = (self.pane,) if self.pane is not None else ()
+
+    def close(self) -> None:
+        if hasattr(self, "_pane_box"):  # also called by ipywidgets' __del__, maybe on a half-built table
+            self._hub.forget(self)
+            self._open_pane(None)
+            for row in self._lines:
+                row.close()
+            for button in self._buttons.values():
+                button.close()
+        super().close()
