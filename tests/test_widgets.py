@@ -379,3 +379,45 @@ def test_a_change_committed_before_a_view_listens_is_not_missed(scf: Any, tmp_pa
     (tmp_path / "third").write_text("")
     assert third.wait(60) == "FINISHED"
     table.close()
+
+
+class Recording(Relay):
+    """A Relay that also keeps the keyword arguments of each ``follow`` and ``logs`` call."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.kwargs: list[tuple[str, dict[str, Any]]] = []
+
+    def follow(self, request_id: str, **kwargs: Any) -> Any:
+        self.kwargs.append(("follow", kwargs))
+        return self.__getattr__("follow")(request_id, **kwargs)
+
+    def logs(self, request_id: str, **kwargs: Any) -> Any:
+        self.kwargs.append(("logs", kwargs))
+        return self.__getattr__("logs")(request_id, **kwargs)
+
+
+def test_event_info_gives_the_last_log_seq_live_and_ended(relay: Relay, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    ev = relay.invoke("work", {"lines": 9, "gate": str(gate), "after": 5})
+    wait_until(lambda: len(ev.logs()) == 12, what="the lines before the gate")  # 9 out + 3 err
+    assert ev.info()["log_seq"] == 12  # live: from the engine's memory
+    gate.write_text("")
+    assert ev.wait(60) == "FINISHED"
+    assert ev.info()["log_seq"] == 17  # ended: from the store
+    silent = relay.invoke("work", {})
+    assert silent.wait(60) == "FINISHED" and silent.info()["log_seq"] == 0
+
+
+def test_a_pane_on_a_long_log_starts_near_its_end(scf: Any) -> None:
+    relay = Recording(scf.client())
+    relay.create_function("work", WORK, async_run=True)
+    ev = relay.invoke("work", {"lines": 3000})  # 3000 out + 1000 err
+    assert ev.wait(60) == "FINISHED"
+    pane = log_pane(ev.request_id, client=relay, max_lines=100)
+    wait_until(lambda: pane.ended, what="the pane to reach the end")
+    assert relay.kwargs == [("follow", {"since_seq": 3900})]  # not every stored line, only the window's
+    assert pane.window.first_shown == 3901 and pane.window.last_seq == 4000 and len(pane_lines(pane)) == 100
+    pane.show_earlier()
+    assert pane.window.first_shown == 3801 and len(pane_lines(pane)) == 100
+    pane.close()

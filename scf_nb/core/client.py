@@ -104,6 +104,8 @@ class Client:
         info = {c: rec.get(c) for c in _INFO_COLUMNS if c != "result"}
         info["error"] = ({"type": rec["error_type"], "message": rec["error_message"],
                           "traceback": rec["error_traceback"]} if rec["error_type"] else None)
+        ev = self.engine.live(request_id)
+        info["log_seq"] = ev.log_seq if ev is not None else query.last_log_seq(self.engine.store, key_of(request_id))
         return info
 
     def wait_event(self, request_id: str, timeout: float | None = None) -> str:

@@ -115,7 +115,8 @@ class ClientProtocol(Protocol):
 
     def event_info(self, request_id: str) -> dict[str, Any]:
         """``Event.info()``: status, times, duration_ms, init_duration_ms (the cold start before it; None on a
-        warm instance), billed_duration_ms, mem_usage_bytes, error (type, message, traceback) and exit reason.
+        warm instance), billed_duration_ms, mem_usage_bytes, error (type, message, traceback), exit reason and
+        ``log_seq`` (the seq of the event's last log line so far; 0 if it has none).
 
         Raises:
             ScfError: ``ResourceNotFound.AsyncEvent``.

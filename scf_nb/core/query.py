@@ -281,6 +281,12 @@ def logs(store: Store, event_key: int, f: LogFilter) -> pd.DataFrame:
     return store.query(f"SELECT seq, ts, stream, line FROM logs WHERE {' AND '.join(where)} ORDER BY seq", params)
 
 
+def last_log_seq(store: Store, event_key: int | None) -> int:
+    """The seq of the event's last stored line; 0 if it has none."""
+    rows = store.rows("SELECT coalesce(max(seq), 0) FROM logs WHERE event_key = ?", [event_key])
+    return int(rows[0][0])
+
+
 def search_logs(store: Store, f: SearchFilter) -> pd.DataFrame:
     where: list[str] = ["contains(lower(l.line), lower(?))"]
     params: list[Any] = [f.text]

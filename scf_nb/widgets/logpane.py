@@ -99,7 +99,8 @@ class LogPane(widgets.VBox):
         self._drawn_end = False  # ... and they were all drawn (set by the hub's)
         self.messages = 0  # new values sent to the browser (one per batch)
         self._hub = hub_for(self._client)
-        self._follower: LogFollower = self._client.follow(request_id)  # an unknown id raises here, at once
+        last = self._client.event_info(request_id)["log_seq"]  # an unknown id raises here, at once
+        self._follower: LogFollower = self._client.follow(request_id, since_seq=max(0, last - max_lines))
         self._html = widgets.HTML(value=self._draw())
         self._earlier = widgets.Button(description="show earlier", disabled=True,
                                        layout=widgets.Layout(width="auto"))
