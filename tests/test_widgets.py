@@ -420,4 +420,8 @@ def test_a_pane_on_a_long_log_starts_near_its_end(scf: Any) -> None:
     assert pane.window.first_shown == 3901 and pane.window.last_seq == 4000 and len(pane_lines(pane)) == 100
     pane.show_earlier()
     assert pane.window.first_shown == 3801 and len(pane_lines(pane)) == 100
+    assert relay.kwargs[-1] == ("logs", {"since_seq": 3800, "limit": 100})  # the window, not to the log's end
+    frame = relay.logs(ev.request_id, since_seq=10, limit=5)
+    assert frame.seq.tolist() == [11, 12, 13, 14, 15]
+    assert relay.logs(ev.request_id, stream="stderr", limit=2).line.tolist() == ["err 0", "err 3"]
     pane.close()

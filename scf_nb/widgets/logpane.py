@@ -186,8 +186,8 @@ class LogPane(widgets.VBox):
             first = w.first_shown
             if first <= 1:
                 return
-            frame = self._client.logs(self.request_id, since_seq=max(0, first - w.max_lines - 1))
-            frame = frame[frame.seq < first].tail(w.max_lines)
+            since = max(0, first - w.max_lines - 1)
+            frame = self._client.logs(self.request_id, since_seq=since, limit=first - 1 - since)
             if frame.empty:
                 return
             columns = (frame[c].tolist() for c in ("seq", "ts", "stream", "line"))
