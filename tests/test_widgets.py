@@ -425,3 +425,23 @@ def test_a_pane_on_a_long_log_starts_near_its_end(scf: Any) -> None:
     assert frame.seq.tolist() == [11, 12, 13, 14, 15]
     assert relay.logs(ev.request_id, stream="stderr", limit=2).line.tolist() == ["err 0", "err 3"]
     pane.close()
+
+
+def test_a_hidden_pane_collects_lines_without_drawing_and_draws_them_when_shown(relay: Relay, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    ev = relay.invoke("work", {"lines": 3, "gate": str(gate), "after": 50})
+    pane = log_pane(ev.request_id, client=relay, max_lines=20)
+    wait_until(lambda: pane.window.last_seq == 4, what="the first lines")
+    wait_until(lambda: len(pane_lines(pane)) == 4, what="the first lines drawn")
+    pane.set_state({"_view_count": 1})  # what the front end sends when it draws the pane
+    pane.set_state({"_view_count": 0})  # ... and when its output was cleared
+    messages = pane.messages
+    gate.write_text("")
+    assert ev.wait(60) == "FINISHED"
+    wait_until(lambda: pane.window.last_seq == 54, what="the lines to reach the hidden pane")
+    assert pane.messages == messages and len(pane_lines(pane)) == 4 and not pane.ended  # nothing drawn
+    assert len(pane.window.tail) == 20  # bounded while hidden
+    pane.set_state({"_view_count": 1})
+    wait_until(lambda: pane.ended, what="the pane to draw once shown")
+    assert len(pane_lines(pane)) == 20 and "after 49" in pane._html.value and pane.messages == messages + 1
+    pane.close()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import ipywidgets as widgets
 
 from . import render
-from .hub import hub_for
+from .hub import Shown, hub_for
 
 if TYPE_CHECKING:
     from ..core.follow import LogFollower
@@ -79,9 +79,10 @@ class LogWindow:
         return f"lines {shown[0].seq:,}-{shown[-1].seq:,} of {self.last_seq:,}{where}"
 
 
-class LogPane(widgets.VBox):
+class LogPane(Shown, widgets.VBox):
     """A live log pane for one event (``log_pane(request_id)``): it follows the event until it has ended,
-    showing the last ``max_lines`` lines; "show earlier" / "show latest" move through the rest."""
+    showing the last ``max_lines`` lines; "show earlier" / "show latest" move through the rest. While no
+    browser shows it, it keeps the newest lines (bounded) and draws nothing; it draws them when shown again."""
 
     def __init__(self, request_id: str, *, client: ClientProtocol | None = None, max_lines: int = MAX_LINES,
                  **kwargs: Any) -> None:
@@ -112,6 +113,7 @@ class LogPane(widgets.VBox):
         self._style = render.style_sheet()
         super().__init__([self._style, widgets.HBox([self._earlier, self._latest]), self._html], **kwargs)
         self.add_class("scf-logpane")
+        self._track_views()
         self._thread = threading.Thread(target=self._follow, name="scf_nb-logpane", daemon=True)
         self._thread.start()
 
@@ -152,13 +154,17 @@ class LogPane(widgets.VBox):
             ended = self._ended
         with self._drawing:
             self._window.add(lines)
-            self._redraw(ended)
-            self._drawn_end = ended
+            if self.shown:
+                self._redraw(ended)
+                self._drawn_end = ended
         with self._lock:  # lines that came while this batch was drawn wait FLUSH_S from its sending
             self._last_flush = time.monotonic()
             again = self._scheduled = bool(self._pending) or self._ended != ended
         if again:
             self._hub.schedule(self, FLUSH_S)
+
+    def _became_shown(self) -> None:
+        self._hub.schedule(self)  # draws what came while hidden
 
     def _changed(self, changes: Changes) -> None:
         pass  # fed by its follower, not by the change feed
