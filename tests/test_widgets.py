@@ -265,9 +265,50 @@ def test_bad_arguments_are_scf_errors(relay: Relay) -> None:
         log_pane("nope", client=relay)
     with pytest.raises(ScfError, match="InvalidParameterValue.Limit"):
         event_table(client=relay, page_size=0)
-    table = event_table(client=relay, status=["BOGUS"])
-    assert "InvalidParameterValue.Status" in table.error.value
-    table.close()
+    with pytest.raises(ScfError, match="InvalidParameterValue.Status"):
+        event_table(client=relay, status=["BOGUS"])
+
+
+@pytest.mark.parametrize(("kwargs", "code"), [
+    ({"status": "NOPE"}, "Status"), ({"order": "sideways"}, "Order"), ({"since": "x"}, "TimeInterval"),
+    ({"until": "x"}, "TimeInterval"), ({"function": 123}, "Function"), ({"max_lines": -5}, "MaxLines"),
+    ({"max_lines": 0}, "MaxLines")])
+def test_a_bad_view_argument_raises_the_error_list_events_gives(scf: Any, kwargs: dict[str, Any],
+                                                                 code: str) -> None:
+    from scf_nb import ScfError
+
+    relay = Recording(scf.client())
+    if "max_lines" in kwargs:
+        for make in (log_pane, event_view):
+            with pytest.raises(ScfError, match=f"InvalidParameterValue.{code}"):
+                make("00000000-0000-4000-8000-000000000000", client=relay, **kwargs)
+        return
+    with pytest.raises(ScfError) as raised:
+        event_table(client=relay, **kwargs)
+    if code == "Function":
+        assert raised.value.code == "InvalidParameterValue.Function" and "got 123" in str(raised.value)
+        return
+    list_args = {"start_time": (kwargs.pop("since", None), kwargs.pop("until", None))} if (
+        "since" in kwargs or "until" in kwargs) else kwargs
+    with pytest.raises(ScfError) as expected:
+        relay.list_events(**list_args)
+    assert raised.value.code == expected.value.code == f"InvalidParameterValue.{code}"
+    assert "subscribe" not in relay.calls  # no view was built
+
+
+def test_a_table_takes_epoch_seconds_and_datetimes_as_times(relay: Relay) -> None:
+    from datetime import datetime, timedelta
+
+    ev = relay.invoke("work", {})
+    assert ev.wait(60) == "FINISHED"
+    started = relay.list_events(request_id=ev.request_id).start_time.iloc[0].to_pydatetime()
+    for since, found in ((started.timestamp(), True), (started + timedelta(seconds=1), False),
+                         (datetime.fromtimestamp(started.timestamp() - 60), True)):
+        table = event_table(client=relay, since=since)
+        assert (ev.request_id in table.page_frame.request_id.values) is found, (since, table.error.value)
+        table._on_filter(None)  # the filters read back from the text boxes: the same time
+        assert not table.error.value and (ev.request_id in table.page_frame.request_id.values) is found
+        table.close()
 
 
 def test_flush_interval_bounds_the_messages_of_a_fast_log(relay: Relay, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from ipywidgets.widgets.widget_bool import ToggleButtonStyle
 from ..core.errors import ScfError
 from ..core.status import ALL
 from . import render
-from .filters import TableQuery
+from .filters import TableQuery, time_text
 from .hub import Shown, hub_for
 from .logpane import LogPane
 
@@ -126,10 +126,10 @@ class EventTable(Shown, widgets.VBox):
                                      layout=widgets.Layout(width="11em"))
         self.request_id = widgets.Text(value=q.request_id or "", placeholder="RequestId", continuous_update=False,
                                        layout=widgets.Layout(width="24em"))
-        self.since = widgets.Text(value=q.since or "", placeholder="from YYYY-MM-DD HH:MM:SS",
+        self.since = widgets.Text(value=time_text(q.since), placeholder="from YYYY-MM-DD HH:MM:SS",
                                   continuous_update=False, layout=widgets.Layout(width="13em"))
-        self.until = widgets.Text(value=q.until or "", placeholder="to YYYY-MM-DD HH:MM:SS", continuous_update=False,
-                                  layout=widgets.Layout(width="13em"))
+        self.until = widgets.Text(value=time_text(q.until), placeholder="to YYYY-MM-DD HH:MM:SS",
+                                  continuous_update=False, layout=widgets.Layout(width="13em"))
         self.status = {s: widgets.ToggleButton(value=s in q.statuses, description=s,
                                                layout=widgets.Layout(width="auto")) for s in STATUSES}
         for w in (self.function, self.request_id, self.since, self.until, *self.status.values()):
