@@ -486,3 +486,40 @@ def test_a_hidden_pane_collects_lines_without_drawing_and_draws_them_when_shown(
     wait_until(lambda: pane.ended, what="the pane to draw once shown")
     assert len(pane_lines(pane)) == 20 and "after 49" in pane._html.value and pane.messages == messages + 1
     pane.close()
+
+
+class FailingTerminate(Relay):
+    """A client whose terminate request fails once, as a request to a server that went away does."""
+
+    failures = 1
+
+    def terminate_event(self, request_id: str, **kwargs: Any) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("the server went away")
+        return self.__getattr__("terminate_event")(request_id, **kwargs)
+
+
+def test_a_failed_terminate_request_can_be_sent_again(scf: Any, tmp_path: Path) -> None:
+    relay = FailingTerminate(scf.client())
+    relay.create_function("work", WORK, async_run=True, concurrency=2)
+    one, two = (relay.invoke("work", {"gate": str(tmp_path / "never"), "lines": 1}) for _ in range(2))
+    view = event_view(one, client=relay)
+    wait_until(lambda: "out 0" in view.pane._html.value, what="the handler to run")
+    view.terminate_button.click()
+    assert "ConnectionError: the server went away" in view.notice.value
+    assert not view.terminate_button.disabled and view.terminate_button.description == "Terminate"
+    view.terminate_button.click()
+    wait_until(lambda: view.finished, what="the second request to stop it")
+    assert badge(view.header) == "ABORTED"
+
+    relay.failures = 1
+    table = event_table(client=relay)
+    wait_until(lambda: two.request_id in table._buttons, what="the live row's button")
+    button = table._buttons[two.request_id]
+    button.click()
+    assert "ConnectionError" in table.error.value and not button.disabled and button.description == "Terminate"
+    button.click()
+    assert two.wait(60) == "ABORTED"
+    table.close()
+    view.close()

@@ -254,8 +254,13 @@ class EventTable(Shown, widgets.VBox):
             button.description = "terminating..."
         try:
             self._client.terminate_event(rid, grace=self.graceful.value, wait=False)
-        except ScfError as e:  # it ended meanwhile
-            self.error.value = f"<i>{render.esc(e)}</i>"
+        except Exception as e:  # it ended meanwhile (the refresh drops its button), or the request failed
+            self.error.value = f"<i>{render.esc(e if isinstance(e, ScfError) else f'{type(e).__name__}: {e}')}</i>"
+            with self._lock:
+                self._pending.discard(rid)  # it can be asked again
+            with button.hold_sync():
+                button.disabled = False
+                button.description = "Terminate"
 
     def _select(self, row: Row, on: bool) -> None:
         """The "log" toggle of ``row`` changed (a click, or a redraw that moved the selected event)."""
