@@ -523,3 +523,19 @@ def test_a_failed_terminate_request_can_be_sent_again(scf: Any, tmp_path: Path) 
     assert two.wait(60) == "ABORTED"
     table.close()
     view.close()
+
+
+def test_a_log_toggle_opens_the_event_it_was_drawn_for_when_the_rows_moved(relay: Relay) -> None:
+    older = relay.invoke("work", {"lines": 1})
+    assert older.wait(60) == "FINISHED"
+    table = event_table(client=relay)
+    line = rows_by_id(table)[older.request_id]
+    toggle = line.box.children[1]  # the "log" toggle the browser shows beside the older event
+    newer = relay.invoke("work", {"lines": 2})
+    assert newer.wait(60) == "FINISHED"
+    wait_until(lambda: table.page_frame.request_id.iloc[0] == newer.request_id, what="the rows to move")
+    toggle.value = True  # the click, sent before the browser drew the move
+    assert table.pane is not None and table.pane.request_id == older.request_id
+    assert rows_by_id(table)[older.request_id].box.children[1].value is True
+    assert rows_by_id(table)[newer.request_id].box.children[1].value is False
+    table.close()
