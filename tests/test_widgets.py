@@ -461,7 +461,7 @@ def test_a_pane_on_a_long_log_starts_near_its_end(scf: Any) -> None:
     assert pane.window.first_shown == 3901 and pane.window.last_seq == 4000 and len(pane_lines(pane)) == 100
     pane.show_earlier()
     assert pane.window.first_shown == 3801 and len(pane_lines(pane)) == 100
-    assert relay.kwargs[-1] == ("logs", {"since_seq": 3800, "limit": 100})  # the window, not to the log's end
+    assert relay.kwargs[-1] == ("logs", {"since_seq": 3800, "stream": None, "limit": 100})  # the window only
     frame = relay.logs(ev.request_id, since_seq=10, limit=5)
     assert frame.seq.tolist() == [11, 12, 13, 14, 15]
     assert relay.logs(ev.request_id, stream="stderr", limit=2).line.tolist() == ["err 0", "err 3"]
@@ -539,3 +539,24 @@ def test_a_log_toggle_opens_the_event_it_was_drawn_for_when_the_rows_moved(relay
     assert rows_by_id(table)[older.request_id].box.children[1].value is True
     assert rows_by_id(table)[newer.request_id].box.children[1].value is False
     table.close()
+
+
+def test_a_pane_of_one_stream_shows_only_its_lines_and_reads_earlier_ones_of_it(relay: Relay) -> None:
+    from scf_nb import ScfError
+
+    ev = relay.invoke("work", {"lines": 300})  # 300 out, 100 err
+    assert ev.wait(60) == "FINISHED"
+    stored = ev.logs()
+    pane = log_pane(ev.request_id, client=relay, max_lines=30, stream="stderr")
+    wait_until(lambda: pane.ended, what="the pane to reach the end")
+    expected = stored[(stored.seq > 370) & (stored.stream == "stderr")].seq.tolist()  # of the last 30 lines
+    assert [line.seq for line in pane.window.shown] == expected and pane.window.last_seq == 400
+    assert set(pane_lines(pane)) <= {"stderr"}
+    for _ in range(20):
+        pane.show_earlier()
+    assert set(pane_lines(pane)) == {"stderr"} and "</span> err 0</span>" in pane._html.value
+    first = stored[stored.stream == "stderr"].seq.iloc[0]
+    assert pane.window.first_shown == first
+    with pytest.raises(ScfError, match="InvalidParameterValue.Stream"):
+        log_pane(ev.request_id, client=relay, stream="both")
+    pane.close()

@@ -43,16 +43,17 @@ def event_view(event: Event | str, *, client: ClientProtocol | None = None, max_
     return EventView(event, client=client, max_lines=max_lines)
 
 
-def log_pane(request_id: str, *, client: ClientProtocol | None = None, max_lines: int = MAX_LINES) -> LogPane:
-    """One event's log, following it until it ends; the last ``max_lines`` lines in the browser, the rest
-    reachable with "show earlier".
+def log_pane(request_id: str, *, client: ClientProtocol | None = None, max_lines: int = MAX_LINES,
+             stream: str | None = None) -> LogPane:
+    """One event's log (only ``stream``'s lines, "stdout" or "stderr", if given), following it until it ends;
+    the last ``max_lines`` lines in the browser, the rest reachable with "show earlier".
 
     Raises:
         ScfError: ``ResourceNotFound.AsyncEvent`` for a RequestId that names no event,
-            ``InvalidParameterValue.MaxLines``.
+            ``InvalidParameterValue.MaxLines``, ``.Stream``.
     """
     _check_max_lines(max_lines)
-    return LogPane(request_id, client=client, max_lines=max_lines)
+    return LogPane(request_id, client=client, max_lines=max_lines, stream=stream)
 
 
 def event_table(function: str | None = None, *, namespace: str | None = None,

@@ -85,11 +85,16 @@ class LogPane(Shown, widgets.VBox):
     browser shows it, it keeps the newest lines (bounded) and draws nothing; it draws them when shown again."""
 
     def __init__(self, request_id: str, *, client: ClientProtocol | None = None, max_lines: int = MAX_LINES,
-                 **kwargs: Any) -> None:
+                 stream: str | None = None, **kwargs: Any) -> None:
         from .. import api
+        from ..core.errors import invalid
 
+        if stream not in (None, "stdout", "stderr"):
+            raise invalid("Stream", f"stream must be 'stdout' or 'stderr', got {stream!r}")
         self._client = client if client is not None else api.client()
         self.request_id = request_id
+        self.stream = stream  # only this stream's lines (None: both)
+        self._seen = 0  # the newest line the follower gave, of any stream
         self._window = LogWindow(max_lines)
         self._lock = threading.Lock()  # what the follower thread hands over
         self._drawing = threading.RLock()  # the window and its drawing: the hub's thread and button clicks
@@ -132,7 +137,10 @@ class LogPane(Shown, widgets.VBox):
         follower = self._follower
         try:
             for ln in follower:
-                self._arrive(drawn(ln.seq, ln.ts, ln.stream, ln.line))
+                if self.stream in (None, ln.stream):
+                    self._arrive(drawn(ln.seq, ln.ts, ln.stream, ln.line))
+                else:
+                    self._seen = ln.seq  # read by the next turn: "show earlier" starts before it
         finally:
             follower.close()
             with self._lock:
@@ -154,6 +162,7 @@ class LogPane(Shown, widgets.VBox):
             ended = self._ended
         with self._drawing:
             self._window.add(lines)
+            self._window.last_seq = max(self._window.last_seq, self._seen)
             if self.shown:
                 self._redraw(ended)
                 self._drawn_end = ended
@@ -192,13 +201,24 @@ class LogPane(Shown, widgets.VBox):
             first = w.first_shown
             if first <= 1:
                 return
-            since = max(0, first - w.max_lines - 1)
-            frame = self._client.logs(self.request_id, since_seq=since, limit=first - 1 - since)
+            frame = self._read_before(first)
             if frame.empty:
                 return
             columns = (frame[c].tolist() for c in ("seq", "ts", "stream", "line"))
             w.earlier = [drawn(*row) for row in zip(*columns, strict=True)]
             self._redraw(self._ended)
+
+    def _read_before(self, first: int) -> Any:
+        """The last lines (at most ``max_lines``) before seq ``first``: one window of seqs, stepping further
+        back (one bounded read each) while a stream filter finds none of its lines in one."""
+        n = self._window.max_lines
+        while True:
+            since = max(0, first - n - 1)
+            frame = self._client.logs(self.request_id, since_seq=since, stream=self.stream, limit=first - 1 - since)
+            frame = frame[frame.seq < first]  # with a stream, the limit's lines may reach past the window
+            if not frame.empty or since == 0:
+                return frame
+            first = since + 1
 
     def show_latest(self) -> None:
         """Back to the newest lines, following again."""
