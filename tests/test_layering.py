@@ -139,3 +139,47 @@ def test_only_the_api_chooses_the_client() -> None:
             continue
         text = path.read_text()
         assert not re.search(r"\b(Client|Engine)\(|\.engine\b|\b_client\b", text), path.name
+
+
+VIEWS_MAY_USE = {"errors", "events", "status", "protocol", "observe", "follow"}  # of scf_nb.core
+
+
+def core_imports(source: str, package: str = "scf_nb.widgets") -> list[tuple[int, str]]:
+    """The ``scf_nb.core`` modules (and names imported from ``scf_nb.core`` itself) that ``source``, a module
+    of ``package``, imports: absolute or relative, at the top or inside a function or ``TYPE_CHECKING``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, base] if base else parent)
+            targets = [f"{base}.{alias.name}" for alias in node.names] if base == "scf_nb.core" else [base]
+        else:
+            continue
+        found += [(node.lineno, t) for t in targets if t == "scf_nb.core" or t.startswith("scf_nb.core.")]
+    return found
+
+
+def test_the_import_check_finds_core_imports() -> None:
+    assert core_imports("from ..core import query\nimport scf_nb.core.engine\nfrom ..core.errors import X\n") == [
+        (1, "scf_nb.core.query"), (2, "scf_nb.core.engine"), (3, "scf_nb.core.errors")]
+    assert core_imports("def f():\n    from ...core.store import Store\n", "scf_nb.widgets.sub") == [
+        (2, "scf_nb.core.store")]
+    assert core_imports("from .. import api\nfrom .hub import hub_for\nimport ipywidgets\n") == []
+
+
+def test_the_views_use_only_the_protocol_side_of_the_core() -> None:
+    """``scf_nb.widgets`` reaches the engine only through the client protocol: of ``scf_nb.core`` it imports
+    errors, events, status, protocol, observe and follow, never the engine, the store or the queries."""
+    bad = {}
+    for path in sorted((PACKAGE / "widgets").rglob("*.py")):
+        package = ".".join(["scf_nb", *path.relative_to(PACKAGE).parent.parts])
+        used = core_imports(path.read_text(), package)
+        wrong = [(line, name) for line, name in used
+                 if name.removeprefix("scf_nb.core.").split(".")[0] not in VIEWS_MAY_USE]
+        if wrong:
+            bad[path.name] = wrong
+    assert bad == {}
