@@ -181,8 +181,9 @@ def terminate(request_id: str, *, grace: bool = False, wait: bool = True) -> str
 
 
 @documented
-def logs(request_id: str, *, since_seq: int | None = None, stream: str | None = None) -> pd.DataFrame:
-    return client().logs(request_id, since_seq=since_seq, stream=stream)
+def logs(request_id: str, *, since_seq: int | None = None, stream: str | None = None,
+         limit: int | None = None) -> pd.DataFrame:
+    return client().logs(request_id, since_seq=since_seq, stream=stream, limit=limit)
 
 
 @documented

@@ -198,9 +198,9 @@ class ScfMagics(Magics):
         notebook, --follow shows a live log pane instead (the cell returns at once)."""
         args = _parse(self.scf_logs, line)
         request_id = self._request_id(args.request_id)
-        views = _views(self.shell) if args.follow and args.stream is None else None
+        views = _views(self.shell) if args.follow else None
         if views is not None:
-            display(_call(views.log_pane, request_id))
+            display(_call(views.log_pane, request_id, stream=args.stream))
             return
         if args.follow:
             _print_followed(request_id, args.stream)

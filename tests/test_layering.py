@@ -229,3 +229,54 @@ def test_only_the_event_table_moves_a_status() -> None:
         if name not in STATUS_MOVERS and status_assignments(path.read_text()):
             outside[name] = status_assignments(path.read_text())
     assert outside == {}
+
+
+# of scf_nb's own packages, what the views may import: the client protocol's side, never the engine, the backend,
+# the store or its queries (the observation types are the store's, named in the protocol)
+VIEWS_MAY_USE = {"api", "core.errors", "core.status", "core.protocol", "clients.protocol", "clients.events",
+                 "store.observe", "store.follow"}
+OWN_PACKAGES = ("api", "core", "clients", "engine", "instances", "store", "magics")
+
+
+def own_imports(source: str, package: str = "scf_nb.widgets") -> list[tuple[int, str]]:
+    """The modules of scf_nb's other packages that ``source``, a module of ``package``, imports (``scf_nb.x.y``
+    as ``x.y``): absolute or relative, at the top or inside a function or ``TYPE_CHECKING``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, base] if base else parent)
+            targets = [f"{base}.{alias.name}" for alias in node.names]  # a name may be a module
+        else:
+            continue
+        for t in targets:
+            rest = t.removeprefix("scf_nb.")
+            if t.startswith("scf_nb.") and rest.split(".")[0] in OWN_PACKAGES:
+                found.append((node.lineno, rest))
+    return found
+
+
+def test_the_import_check_finds_own_imports() -> None:
+    assert own_imports("from ..store import query\nimport scf_nb.engine.engine\nfrom ..core.errors import X\n") == [
+        (1, "store.query"), (2, "engine.engine"), (3, "core.errors.X")]
+    assert own_imports("def f():\n    from ...store.store import Store\n", "scf_nb.widgets.sub") == [
+        (2, "store.store.Store")]
+    assert own_imports("from .. import api\nfrom .hub import hub_for\nimport ipywidgets\n") == [(1, "api")]
+
+
+def test_the_views_use_only_the_protocol_side() -> None:
+    """``scf_nb.widgets`` reaches the engine only through the client protocol: of scf_nb's other packages it
+    imports the api, errors, statuses, the protocol, the Event handle and the observation types, never the
+    engine, the backend, the store or the queries."""
+    bad = {}
+    for path in sorted((PACKAGE / "widgets").rglob("*.py")):
+        package = ".".join(["scf_nb", *path.relative_to(PACKAGE).parent.parts])
+        wrong = [(line, name) for line, name in own_imports(path.read_text(), package)
+                 if name not in VIEWS_MAY_USE and not any(name.startswith(m + ".") for m in VIEWS_MAY_USE)]
+        if wrong:
+            bad[path.name] = wrong
+    assert bad == {}

@@ -73,6 +73,11 @@ def test_the_other_requests_check_their_arguments() -> None:
         "InvalidParameterValue.SinceSeq", "since_seq must be an integer >= 0, got '3'")
     assert raised(lambda: LogFilter(stream="both")) == (
         "InvalidParameterValue.Stream", "stream must be 'stdout' or 'stderr', got 'both'")
+    assert raised(lambda: LogFilter(limit=0)) == (
+        "InvalidParameterValue.Limit", "limit must be a positive integer or None, got 0")
+    assert raised(lambda: LogFilter(limit="5")) == (  # type: ignore[arg-type]
+        "InvalidParameterValue.Limit", "limit must be a positive integer or None, got '5'")
+    assert LogFilter(limit=None).limit is None
     assert raised(lambda: SearchFilter("")) == ("InvalidParameterValue.SearchText",
                                                 "search_logs needs a non-empty string")
     assert raised(lambda: SearchFilter("x", limit=0)) == (

@@ -265,9 +265,50 @@ def test_bad_arguments_are_scf_errors(relay: Relay) -> None:
         log_pane("nope", client=relay)
     with pytest.raises(ScfError, match="InvalidParameterValue.Limit"):
         event_table(client=relay, page_size=0)
-    table = event_table(client=relay, status=["BOGUS"])
-    assert "InvalidParameterValue.Status" in table.error.value
-    table.close()
+    with pytest.raises(ScfError, match="InvalidParameterValue.Status"):
+        event_table(client=relay, status=["BOGUS"])
+
+
+@pytest.mark.parametrize(("kwargs", "code"), [
+    ({"status": "NOPE"}, "Status"), ({"order": "sideways"}, "Order"), ({"since": "x"}, "TimeInterval"),
+    ({"until": "x"}, "TimeInterval"), ({"function": 123}, "Function"), ({"max_lines": -5}, "MaxLines"),
+    ({"max_lines": 0}, "MaxLines")])
+def test_a_bad_view_argument_raises_the_error_list_events_gives(scf: Any, kwargs: dict[str, Any],
+                                                                 code: str) -> None:
+    from scf_nb import ScfError
+
+    relay = Recording(scf.client())
+    if "max_lines" in kwargs:
+        for make in (log_pane, event_view):
+            with pytest.raises(ScfError, match=f"InvalidParameterValue.{code}"):
+                make("00000000-0000-4000-8000-000000000000", client=relay, **kwargs)
+        return
+    with pytest.raises(ScfError) as raised:
+        event_table(client=relay, **kwargs)
+    if code == "Function":
+        assert raised.value.code == "InvalidParameterValue.Function" and "got 123" in str(raised.value)
+        return
+    list_args = {"start_time": (kwargs.pop("since", None), kwargs.pop("until", None))} if (
+        "since" in kwargs or "until" in kwargs) else kwargs
+    with pytest.raises(ScfError) as expected:
+        relay.list_events(**list_args)
+    assert raised.value.code == expected.value.code == f"InvalidParameterValue.{code}"
+    assert "subscribe" not in relay.calls  # no view was built
+
+
+def test_a_table_takes_epoch_seconds_and_datetimes_as_times(relay: Relay) -> None:
+    from datetime import datetime, timedelta
+
+    ev = relay.invoke("work", {})
+    assert ev.wait(60) == "FINISHED"
+    started = relay.list_events(request_id=ev.request_id).start_time.iloc[0].to_pydatetime()
+    for since, found in ((started.timestamp(), True), (started + timedelta(seconds=1), False),
+                         (datetime.fromtimestamp(started.timestamp() - 60), True)):
+        table = event_table(client=relay, since=since)
+        assert (ev.request_id in table.page_frame.request_id.values) is found, (since, table.error.value)
+        table._on_filter(None)  # the filters read back from the text boxes: the same time
+        assert not table.error.value and (ev.request_id in table.page_frame.request_id.values) is found
+        table.close()
 
 
 def test_flush_interval_bounds_the_messages_of_a_fast_log(relay: Relay, tmp_path: Path) -> None:
@@ -379,3 +420,143 @@ def test_a_change_committed_before_a_view_listens_is_not_missed(scf: Any, tmp_pa
     (tmp_path / "third").write_text("")
     assert third.wait(60) == "FINISHED"
     table.close()
+
+
+class Recording(Relay):
+    """A Relay that also keeps the keyword arguments of each ``follow`` and ``logs`` call."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.kwargs: list[tuple[str, dict[str, Any]]] = []
+
+    def follow(self, request_id: str, **kwargs: Any) -> Any:
+        self.kwargs.append(("follow", kwargs))
+        return self.__getattr__("follow")(request_id, **kwargs)
+
+    def logs(self, request_id: str, **kwargs: Any) -> Any:
+        self.kwargs.append(("logs", kwargs))
+        return self.__getattr__("logs")(request_id, **kwargs)
+
+
+def test_event_info_gives_the_last_log_seq_live_and_ended(relay: Relay, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    ev = relay.invoke("work", {"lines": 9, "gate": str(gate), "after": 5})
+    wait_until(lambda: len(ev.logs()) == 12, what="the lines before the gate")  # 9 out + 3 err
+    assert ev.info()["log_seq"] == 12  # live: from the engine's memory
+    gate.write_text("")
+    assert ev.wait(60) == "FINISHED"
+    assert ev.info()["log_seq"] == 17  # ended: from the store
+    silent = relay.invoke("work", {})
+    assert silent.wait(60) == "FINISHED" and silent.info()["log_seq"] == 0
+
+
+def test_a_pane_on_a_long_log_starts_near_its_end(scf: Any) -> None:
+    relay = Recording(scf.client())
+    relay.create_function("work", WORK, async_run=True)
+    ev = relay.invoke("work", {"lines": 3000})  # 3000 out + 1000 err
+    assert ev.wait(60) == "FINISHED"
+    pane = log_pane(ev.request_id, client=relay, max_lines=100)
+    wait_until(lambda: pane.ended, what="the pane to reach the end")
+    assert relay.kwargs == [("follow", {"since_seq": 3900})]  # not every stored line, only the window's
+    assert pane.window.first_shown == 3901 and pane.window.last_seq == 4000 and len(pane_lines(pane)) == 100
+    pane.show_earlier()
+    assert pane.window.first_shown == 3801 and len(pane_lines(pane)) == 100
+    assert relay.kwargs[-1] == ("logs", {"since_seq": 3800, "stream": None, "limit": 100})  # the window only
+    frame = relay.logs(ev.request_id, since_seq=10, limit=5)
+    assert frame.seq.tolist() == [11, 12, 13, 14, 15]
+    assert relay.logs(ev.request_id, stream="stderr", limit=2).line.tolist() == ["err 0", "err 3"]
+    pane.close()
+
+
+def test_a_hidden_pane_collects_lines_without_drawing_and_draws_them_when_shown(relay: Relay, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    ev = relay.invoke("work", {"lines": 3, "gate": str(gate), "after": 50})
+    pane = log_pane(ev.request_id, client=relay, max_lines=20)
+    wait_until(lambda: pane.window.last_seq == 4, what="the first lines")
+    wait_until(lambda: len(pane_lines(pane)) == 4, what="the first lines drawn")
+    pane.set_state({"_view_count": 1})  # what the front end sends when it draws the pane
+    pane.set_state({"_view_count": 0})  # ... and when its output was cleared
+    messages = pane.messages
+    gate.write_text("")
+    assert ev.wait(60) == "FINISHED"
+    wait_until(lambda: pane.window.last_seq == 54, what="the lines to reach the hidden pane")
+    assert pane.messages == messages and len(pane_lines(pane)) == 4 and not pane.ended  # nothing drawn
+    assert len(pane.window.tail) == 20  # bounded while hidden
+    pane.set_state({"_view_count": 1})
+    wait_until(lambda: pane.ended, what="the pane to draw once shown")
+    assert len(pane_lines(pane)) == 20 and "after 49" in pane._html.value and pane.messages == messages + 1
+    pane.close()
+
+
+class FailingTerminate(Relay):
+    """A client whose terminate request fails once, as a request to a server that went away does."""
+
+    failures = 1
+
+    def terminate_event(self, request_id: str, **kwargs: Any) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("the server went away")
+        return self.__getattr__("terminate_event")(request_id, **kwargs)
+
+
+def test_a_failed_terminate_request_can_be_sent_again(scf: Any, tmp_path: Path) -> None:
+    relay = FailingTerminate(scf.client())
+    relay.create_function("work", WORK, async_run=True, concurrency=2)
+    one, two = (relay.invoke("work", {"gate": str(tmp_path / "never"), "lines": 1}) for _ in range(2))
+    view = event_view(one, client=relay)
+    wait_until(lambda: "out 0" in view.pane._html.value, what="the handler to run")
+    view.terminate_button.click()
+    assert "ConnectionError: the server went away" in view.notice.value
+    assert not view.terminate_button.disabled and view.terminate_button.description == "Terminate"
+    view.terminate_button.click()
+    wait_until(lambda: view.finished, what="the second request to stop it")
+    assert badge(view.header) == "ABORTED"
+
+    relay.failures = 1
+    table = event_table(client=relay)
+    wait_until(lambda: two.request_id in table._buttons, what="the live row's button")
+    button = table._buttons[two.request_id]
+    button.click()
+    assert "ConnectionError" in table.error.value and not button.disabled and button.description == "Terminate"
+    button.click()
+    assert two.wait(60) == "ABORTED"
+    table.close()
+    view.close()
+
+
+def test_a_log_toggle_opens_the_event_it_was_drawn_for_when_the_rows_moved(relay: Relay) -> None:
+    older = relay.invoke("work", {"lines": 1})
+    assert older.wait(60) == "FINISHED"
+    table = event_table(client=relay)
+    line = rows_by_id(table)[older.request_id]
+    toggle = line.box.children[1]  # the "log" toggle the browser shows beside the older event
+    newer = relay.invoke("work", {"lines": 2})
+    assert newer.wait(60) == "FINISHED"
+    wait_until(lambda: table.page_frame.request_id.iloc[0] == newer.request_id, what="the rows to move")
+    toggle.value = True  # the click, sent before the browser drew the move
+    assert table.pane is not None and table.pane.request_id == older.request_id
+    assert rows_by_id(table)[older.request_id].box.children[1].value is True
+    assert rows_by_id(table)[newer.request_id].box.children[1].value is False
+    table.close()
+
+
+def test_a_pane_of_one_stream_shows_only_its_lines_and_reads_earlier_ones_of_it(relay: Relay) -> None:
+    from scf_nb import ScfError
+
+    ev = relay.invoke("work", {"lines": 300})  # 300 out, 100 err
+    assert ev.wait(60) == "FINISHED"
+    stored = ev.logs()
+    pane = log_pane(ev.request_id, client=relay, max_lines=30, stream="stderr")
+    wait_until(lambda: pane.ended, what="the pane to reach the end")
+    expected = stored[(stored.seq > 370) & (stored.stream == "stderr")].seq.tolist()  # of the last 30 lines
+    assert [line.seq for line in pane.window.shown] == expected and pane.window.last_seq == 400
+    assert set(pane_lines(pane)) <= {"stderr"}
+    for _ in range(20):
+        pane.show_earlier()
+    assert set(pane_lines(pane)) == {"stderr"} and "</span> err 0</span>" in pane._html.value
+    first = stored[stored.stream == "stderr"].seq.iloc[0]
+    assert pane.window.first_shown == first
+    with pytest.raises(ScfError, match="InvalidParameterValue.Stream"):
+        log_pane(ev.request_id, client=relay, stream="both")
+    pane.close()

@@ -73,8 +73,12 @@ def test_magics_show_views_in_a_notebook_kernel(kernel: Any, home: Path) -> None
     assert out["mimes"] == [WIDGET, "text/plain"] and "FINISHED" in out["text"]  # the event view, then wait()
     assert run(kc, "%scf_events")["mimes"] == [WIDGET]
     assert run(kc, "%scf_logs ev --follow")["mimes"] == [WIDGET]  # the pane alone; the cell returns at once
+    assert run(kc, "%scf_logs ev --follow --stream stderr")["mimes"] == [WIDGET]  # a pane of stderr alone
     assert run(kc, "%scf_overview")["mimes"] == [WIDGET]
     assert "line 4" in run(kc, "%scf_logs ev")["text"]  # without --follow: the lines as text, as before
+    out = run(kc, "%scf_events --status NOPE")  # no table: the one-line UsageError the text path gives
+    expected = run(kc, "try:\n    scf_nb.list_events(status=['NOPE'])\nexcept scf_nb.ScfError as e:\n    print(e)")
+    assert out["mimes"] == [] and out["text"].strip() == f"UsageError: {expected['text'].strip()}", out
 
 
 def test_magics_fall_back_to_text_without_ipywidgets(kernel: Any, home: Path) -> None:

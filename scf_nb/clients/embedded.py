@@ -104,6 +104,8 @@ class Client:
         info = {c: rec.get(c) for c in _INFO_COLUMNS if c != "result"}
         info["error"] = ({"type": rec["error_type"], "message": rec["error_message"],
                           "traceback": rec["error_traceback"]} if rec["error_type"] else None)
+        ev = self.engine.live(request_id)
+        info["log_seq"] = ev.log_seq if ev is not None else query.last_log_seq(self.engine.store, key_of(request_id))
         return info
 
     def wait_event(self, request_id: str, timeout: float | None = None) -> str:
@@ -168,9 +170,10 @@ class Client:
                  since: Any = None) -> pd.DataFrame:
         return query.overview(self.engine.store, query.OverviewFilter(function, namespace, since))
 
-    def logs(self, request_id: str, *, since_seq: int | None = None, stream: str | None = None) -> pd.DataFrame:
+    def logs(self, request_id: str, *, since_seq: int | None = None, stream: str | None = None,
+             limit: int | None = None) -> pd.DataFrame:
         key = self._key(request_id)  # an unknown id is named before a bad filter, as it always was
-        return query.logs(self.engine.store, key, query.LogFilter(since_seq, stream))
+        return query.logs(self.engine.store, key, query.LogFilter(since_seq, stream, limit))
 
     def search_logs(self, text: str, *, function: str | None = None, namespace: str | None = None,
                     limit: int | None = 1000) -> pd.DataFrame:

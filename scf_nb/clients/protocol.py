@@ -115,7 +115,8 @@ class ClientProtocol(Protocol):
 
     def event_info(self, request_id: str) -> dict[str, Any]:
         """``Event.info()``: status, times, duration_ms, init_duration_ms (the cold start before it; None on a
-        warm instance), billed_duration_ms, mem_usage_bytes, error (type, message, traceback) and exit reason.
+        warm instance), billed_duration_ms, mem_usage_bytes, error (type, message, traceback), exit reason and
+        ``log_seq`` (the seq of the event's last log line so far; 0 if it has none).
 
         Raises:
             ScfError: ``ResourceNotFound.AsyncEvent``.
@@ -208,14 +209,16 @@ class ClientProtocol(Protocol):
         """
         ...
 
-    def logs(self, request_id: str, *, since_seq: int | None = None, stream: str | None = None) -> pd.DataFrame:
+    def logs(self, request_id: str, *, since_seq: int | None = None, stream: str | None = None,
+             limit: int | None = None) -> pd.DataFrame:
         """The event's lines in ``seq`` order: columns ``seq, ts, stream, line``. ``since_seq`` returns only
-        the lines after that one, so a caller can follow a running event. The logs of an untraced event
+        the lines after that one, so a caller can follow a running event; ``limit`` at most that many of them
+        (the first ones; None: all). The logs of an untraced event
         (``trace=False``) are found too: as in SCF, logs are kept whatever status tracking says.
 
         Raises:
             ScfError: ``ResourceNotFound.AsyncEvent`` for a RequestId that names no event (or one purged),
-                ``InvalidParameterValue.SinceSeq``, ``.Stream``.
+                ``InvalidParameterValue.SinceSeq``, ``.Stream``, ``.Limit``.
         """
         ...
 

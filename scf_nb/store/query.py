@@ -193,14 +193,16 @@ class EventFilter:
 
 @dataclass(frozen=True)
 class LogFilter:
-    """Which of an event's lines ``logs`` returns: those after ``since_seq``, of one ``stream``.
+    """Which of an event's lines ``logs`` returns: those after ``since_seq``, of one ``stream``, at most ``limit``.
 
     Raises:
-        ScfError: ``InvalidParameterValue.SinceSeq`` (not an integer >= 0), ``.Stream`` (not stdout/stderr).
+        ScfError: ``InvalidParameterValue.SinceSeq`` (not an integer >= 0), ``.Stream`` (not stdout/stderr),
+            ``.Limit`` (not a positive integer or None).
     """
 
     since_seq: int | None = None
     stream: str | None = None
+    limit: int | None = None
 
     def __post_init__(self) -> None:
         if self.since_seq is not None:
@@ -210,6 +212,8 @@ class LogFilter:
             object.__setattr__(self, "since_seq", seq)
         if self.stream is not None and self.stream not in ("stdout", "stderr"):
             raise invalid("Stream", f"stream must be 'stdout' or 'stderr', got {self.stream!r}")
+        _, limit = page(0, self.limit)
+        object.__setattr__(self, "limit", limit)
 
 
 @dataclass(frozen=True)
@@ -278,7 +282,14 @@ def logs(store: Store, event_key: int, f: LogFilter) -> pd.DataFrame:
         where.append("seq > ?")
         params.append(f.since_seq)
     _equal(where, params, stream=f.stream)
-    return store.query(f"SELECT seq, ts, stream, line FROM logs WHERE {' AND '.join(where)} ORDER BY seq", params)
+    sql = f"SELECT seq, ts, stream, line FROM logs WHERE {' AND '.join(where)} ORDER BY seq"
+    return store.query(sql if f.limit is None else f"{sql} LIMIT {f.limit}", params)
+
+
+def last_log_seq(store: Store, event_key: int | None) -> int:
+    """The seq of the event's last stored line; 0 if it has none."""
+    rows = store.rows("SELECT coalesce(max(seq), 0) FROM logs WHERE event_key = ?", [event_key])
+    return int(rows[0][0])
 
 
 def search_logs(store: Store, f: SearchFilter) -> pd.DataFrame:

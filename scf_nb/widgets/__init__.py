@@ -36,19 +36,24 @@ def event_view(event: Event | str, *, client: ClientProtocol | None = None, max_
     result or error at the end.
 
     Raises:
-        ScfError: ``ResourceNotFound.AsyncEvent`` for a RequestId that names no event.
+        ScfError: ``ResourceNotFound.AsyncEvent`` for a RequestId that names no event,
+            ``InvalidParameterValue.MaxLines``.
     """
+    _check_max_lines(max_lines)
     return EventView(event, client=client, max_lines=max_lines)
 
 
-def log_pane(request_id: str, *, client: ClientProtocol | None = None, max_lines: int = MAX_LINES) -> LogPane:
-    """One event's log, following it until it ends; the last ``max_lines`` lines in the browser, the rest
-    reachable with "show earlier".
+def log_pane(request_id: str, *, client: ClientProtocol | None = None, max_lines: int = MAX_LINES,
+             stream: str | None = None) -> LogPane:
+    """One event's log (only ``stream``'s lines, "stdout" or "stderr", if given), following it until it ends;
+    the last ``max_lines`` lines in the browser, the rest reachable with "show earlier".
 
     Raises:
-        ScfError: ``ResourceNotFound.AsyncEvent`` for a RequestId that names no event.
+        ScfError: ``ResourceNotFound.AsyncEvent`` for a RequestId that names no event,
+            ``InvalidParameterValue.MaxLines``, ``.Stream``.
     """
-    return LogPane(request_id, client=client, max_lines=max_lines)
+    _check_max_lines(max_lines)
+    return LogPane(request_id, client=client, max_lines=max_lines, stream=stream)
 
 
 def event_table(function: str | None = None, *, namespace: str | None = None,
@@ -60,12 +65,29 @@ def event_table(function: str | None = None, *, namespace: str | None = None,
     row's log pane. It refreshes itself (at most once a second, while shown) when events change.
 
     Raises:
-        ScfError: ``InvalidParameterValue.Limit`` for a page size that is not a positive integer.
+        ScfError: ``InvalidParameterValue.Limit`` for a page size that is not a positive integer; for a bad
+            filter, the error ``list_events`` gives (``.Status``, ``.Order``, ``.TimeInterval``, ...);
+            ``.Function``, ``.Namespace``, ``.RequestId`` for one that is not a string.
     """
+    from .. import api
     from ..core.errors import invalid
 
     if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= 500:
         raise invalid("Limit", f"page_size must be an integer from 1 to 500, got {page_size!r}")
+    for name, text in (("function", function), ("namespace", namespace), ("request_id", request_id)):
+        if text is not None and not isinstance(text, str):  # a text box shows it: not coerced, as list_events does
+            raise invalid(name.title().replace("_", ""), f"{name} must be a string or None, got {text!r}")
+    client = client if client is not None else api.client()
+    window = (since, until) if since is not None or until is not None else None
+    client.list_events(function, namespace=namespace, status=status, request_id=request_id, start_time=window,
+                       order=order, limit=1)  # a bad filter raises here, as list_events, before any widget
     query = TableQuery.make(function, namespace=namespace, status=status, request_id=request_id, since=since,
                             until=until, page_size=page_size, order=order)
     return EventTable(query, client=client)
+
+
+def _check_max_lines(max_lines: Any) -> None:
+    from ..core.errors import invalid
+
+    if isinstance(max_lines, bool) or not isinstance(max_lines, int) or max_lines < 1:
+        raise invalid("MaxLines", f"max_lines must be a positive integer, got {max_lines!r}")

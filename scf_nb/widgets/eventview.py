@@ -182,8 +182,14 @@ class EventView(Shown, widgets.VBox):
         self.graceful.disabled = True
         try:
             self.event.terminate(grace=self.graceful.value, wait=False)
-        except ScfError as e:  # it ended meanwhile: the done callback draws the end
-            self.notice.value = f"<i>{render.esc(e)}</i>"
+        except Exception as e:  # it ended meanwhile (the done callback draws the end), or the request failed
+            self.notice.value = f"<i>{render.esc(e if isinstance(e, ScfError) else f'{type(e).__name__}: {e}')}</i>"
+            with self._lock:
+                self._terminating = False  # it can be asked again
+            with self.terminate_button.hold_sync():
+                self.terminate_button.disabled = False
+                self.terminate_button.description = "Terminate"
+            self.graceful.disabled = False
 
     def close(self) -> None:
         if not hasattr(self, "outcome"):  # also called by ipywidgets' __del__, maybe on a half-built view

@@ -5,12 +5,27 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 
 def _text(value: str | None) -> str | None:
     value = (value or "").strip()
     return value or None
+
+
+def _time(value: Any) -> Any:
+    """A time filter as given: a string trimmed (None if empty), a datetime or epoch seconds unchanged."""
+    return _text(value) if value is None or isinstance(value, str) else value
+
+
+def time_text(value: Any) -> str:
+    """A time filter as its text box shows it, in a form ``list_events`` reads back."""
+    if value is None or isinstance(value, str):
+        return value or ""
+    if isinstance(value, (int, float)):
+        value = datetime.fromtimestamp(value).astimezone()
+    return value.isoformat(sep=" ") if isinstance(value, datetime) else str(value)
 
 
 @dataclass(frozen=True)
@@ -21,8 +36,8 @@ class TableQuery:
     namespace: str | None = None
     statuses: tuple[str, ...] = ()
     request_id: str | None = None
-    since: str | None = None  # start time, as list_events reads it: "YYYY-MM-DD HH:MM:SS" (local), ...
-    until: str | None = None
+    since: Any = None  # start time, as list_events reads it: "YYYY-MM-DD HH:MM:SS" (local), a datetime, ...
+    until: Any = None
     page: int = 0
     page_size: int = 20
     order: str = "DESC"
@@ -33,7 +48,7 @@ class TableQuery:
              until: Any = None, page_size: int = 20, order: str = "DESC", page: int = 0) -> TableQuery:
         statuses = (status,) if isinstance(status, str) else tuple(status or ())
         return cls(_text(function), _text(namespace), tuple(s.upper() for s in statuses), _text(request_id),
-                   _text(None if since is None else str(since)), _text(None if until is None else str(until)),
+                   _time(since), _time(until),
                    max(0, int(page)), int(page_size), order)
 
     def with_filters(self, function: str, statuses: tuple[str, ...], since: str, until: str,
@@ -47,7 +62,7 @@ class TableQuery:
 
     def list_args(self) -> dict[str, Any]:
         """``list_events``' arguments for this page, one row more than a page (is there a next page?)."""
-        window = (self.since, self.until) if self.since or self.until else None
+        window = (self.since, self.until) if self.since is not None or self.until is not None else None
         return {"function": self.function, "namespace": self.namespace, "status": list(self.statuses) or None,
                 "request_id": self.request_id, "start_time": window, "order": self.order,
                 "offset": self.page * self.page_size, "limit": self.page_size + 1}

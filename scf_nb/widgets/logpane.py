@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import ipywidgets as widgets
 
 from . import render
-from .hub import hub_for
+from .hub import Shown, hub_for
 
 if TYPE_CHECKING:
     from ..clients.protocol import ClientProtocol
@@ -79,16 +79,22 @@ class LogWindow:
         return f"lines {shown[0].seq:,}-{shown[-1].seq:,} of {self.last_seq:,}{where}"
 
 
-class LogPane(widgets.VBox):
+class LogPane(Shown, widgets.VBox):
     """A live log pane for one event (``log_pane(request_id)``): it follows the event until it has ended,
-    showing the last ``max_lines`` lines; "show earlier" / "show latest" move through the rest."""
+    showing the last ``max_lines`` lines; "show earlier" / "show latest" move through the rest. While no
+    browser shows it, it keeps the newest lines (bounded) and draws nothing; it draws them when shown again."""
 
     def __init__(self, request_id: str, *, client: ClientProtocol | None = None, max_lines: int = MAX_LINES,
-                 **kwargs: Any) -> None:
+                 stream: str | None = None, **kwargs: Any) -> None:
         from .. import api
+        from ..core.errors import invalid
 
+        if stream not in (None, "stdout", "stderr"):
+            raise invalid("Stream", f"stream must be 'stdout' or 'stderr', got {stream!r}")
         self._client = client if client is not None else api.client()
         self.request_id = request_id
+        self.stream = stream  # only this stream's lines (None: both)
+        self._seen = 0  # the newest line the follower gave, of any stream
         self._window = LogWindow(max_lines)
         self._lock = threading.Lock()  # what the follower thread hands over
         self._drawing = threading.RLock()  # the window and its drawing: the hub's thread and button clicks
@@ -99,7 +105,8 @@ class LogPane(widgets.VBox):
         self._drawn_end = False  # ... and they were all drawn (set by the hub's)
         self.messages = 0  # new values sent to the browser (one per batch)
         self._hub = hub_for(self._client)
-        self._follower: LogFollower = self._client.follow(request_id)  # an unknown id raises here, at once
+        last = self._client.event_info(request_id)["log_seq"]  # an unknown id raises here, at once
+        self._follower: LogFollower = self._client.follow(request_id, since_seq=max(0, last - max_lines))
         self._html = widgets.HTML(value=self._draw())
         self._earlier = widgets.Button(description="show earlier", disabled=True,
                                        layout=widgets.Layout(width="auto"))
@@ -111,6 +118,7 @@ class LogPane(widgets.VBox):
         self._style = render.style_sheet()
         super().__init__([self._style, widgets.HBox([self._earlier, self._latest]), self._html], **kwargs)
         self.add_class("scf-logpane")
+        self._track_views()
         self._thread = threading.Thread(target=self._follow, name="scf_nb-logpane", daemon=True)
         self._thread.start()
 
@@ -129,7 +137,10 @@ class LogPane(widgets.VBox):
         follower = self._follower
         try:
             for ln in follower:
-                self._arrive(drawn(ln.seq, ln.ts, ln.stream, ln.line))
+                if self.stream in (None, ln.stream):
+                    self._arrive(drawn(ln.seq, ln.ts, ln.stream, ln.line))
+                else:
+                    self._seen = ln.seq  # read by the next turn: "show earlier" starts before it
         finally:
             follower.close()
             with self._lock:
@@ -151,13 +162,18 @@ class LogPane(widgets.VBox):
             ended = self._ended
         with self._drawing:
             self._window.add(lines)
-            self._redraw(ended)
-            self._drawn_end = ended
+            self._window.last_seq = max(self._window.last_seq, self._seen)
+            if self.shown:
+                self._redraw(ended)
+                self._drawn_end = ended
         with self._lock:  # lines that came while this batch was drawn wait FLUSH_S from its sending
             self._last_flush = time.monotonic()
             again = self._scheduled = bool(self._pending) or self._ended != ended
         if again:
             self._hub.schedule(self, FLUSH_S)
+
+    def _became_shown(self) -> None:
+        self._hub.schedule(self)  # draws what came while hidden
 
     def _changed(self, changes: Changes) -> None:
         pass  # fed by its follower, not by the change feed
@@ -185,13 +201,24 @@ class LogPane(widgets.VBox):
             first = w.first_shown
             if first <= 1:
                 return
-            frame = self._client.logs(self.request_id, since_seq=max(0, first - w.max_lines - 1))
-            frame = frame[frame.seq < first].tail(w.max_lines)
+            frame = self._read_before(first)
             if frame.empty:
                 return
             columns = (frame[c].tolist() for c in ("seq", "ts", "stream", "line"))
             w.earlier = [drawn(*row) for row in zip(*columns, strict=True)]
             self._redraw(self._ended)
+
+    def _read_before(self, first: int) -> Any:
+        """The last lines (at most ``max_lines``) before seq ``first``: one window of seqs, stepping further
+        back (one bounded read each) while a stream filter finds none of its lines in one."""
+        n = self._window.max_lines
+        while True:
+            since = max(0, first - n - 1)
+            frame = self._client.logs(self.request_id, since_seq=since, stream=self.stream, limit=first - 1 - since)
+            frame = frame[frame.seq < first]  # with a stream, the limit's lines may reach past the window
+            if not frame.empty or since == 0:
+                return frame
+            first = since + 1
 
     def show_latest(self) -> None:
         """Back to the newest lines, following again."""

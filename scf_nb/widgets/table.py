@@ -25,7 +25,7 @@ from ipywidgets.widgets.widget_bool import ToggleButtonStyle
 from ..core.errors import ScfError
 from ..core.status import ALL
 from . import render
-from .filters import TableQuery
+from .filters import TableQuery, time_text
 from .hub import Shown, hub_for
 from .logpane import LogPane
 
@@ -43,22 +43,20 @@ COLUMNS = (("RequestId", "25em"), ("function", "9em"), ("qualifier", "6em"), ("s
 
 
 class Row:
-    """One line of the page: its cells (one HTML) and a "log" toggle, drawn with whichever event is on that
-    line now, and that event's Terminate button while it is live."""
+    """One line of the page: its cells (one HTML), drawn with whichever event is on that line now, beside that
+    event's own "log" toggle and, while it is live, its Terminate button (both made per RequestId: a click
+    that left the browser before a redraw moved the rows acts on the event it was drawn for)."""
 
-    def __init__(self, table: EventTable, shared: dict[str, Any]) -> None:
+    def __init__(self, shared: dict[str, Any]) -> None:
         self.request_id = ""
         self.status = ""
+        self.log: Any = None  # the toggle drawn beside it now
         self.cells = widgets.HTML(layout=shared["cells"])
-        self.log = widgets.ToggleButton(description="log", layout=shared["button"], style=shared["toggle"],
-                                        tooltip="show this event's log below")
-        self.log.add_class("scf-select")
-        self.box = widgets.HBox([self.cells, self.log], layout=shared["row"])
+        self.box = widgets.HBox([self.cells], layout=shared["row"])
         self.box.add_class("scf-row-box")
-        self.log.observe(lambda change: table._select(self, change["new"]), names="value")
 
-    def draw(self, record: Any, selected: bool, terminate: Any) -> None:
-        self.request_id, self.status = record.request_id, record.status  # before the toggle: see _select
+    def draw(self, record: Any, selected: bool, log: Any, terminate: Any) -> None:
+        self.request_id, self.status, self.log = record.request_id, record.status, log
         values = (render.esc(self.request_id), render.esc(record.function_name), render.esc(record.qualifier),
                   render.badge(record.status), render.clock(record.start_time), render.clock(record.end_time),
                   render.duration(_seconds(record)), render.megabytes(record.mem_usage_bytes))
@@ -68,14 +66,14 @@ class Row:
                  f'data-status="{render.esc(record.status)}">{spans}</div>')
         if self.cells.value != cells:
             self.cells.value = cells
-        if self.log.value != selected:
-            self.log.value = selected
-        children = (self.cells, self.log) if terminate is None else (self.cells, self.log, terminate)
+        if log.value != selected:
+            log.value = selected
+        children = (self.cells, log) if terminate is None else (self.cells, log, terminate)
         if self.box.children != children:
             self.box.children = children
 
     def close(self) -> None:
-        for w in (self.cells, self.log, self.box):
+        for w in (self.cells, self.box):
             w.close()
 
 
@@ -99,6 +97,7 @@ class EventTable(Shown, widgets.VBox):
         self._lock = threading.RLock()
         self._lines: list[Row] = []  # the page's lines, made as a page first needs them
         self._buttons: dict[str, widgets.Button] = {}  # live RequestId on the page -> its Terminate button
+        self._toggles: dict[str, widgets.ToggleButton] = {}  # RequestId on the page -> its "log" toggle
         self._shared = {"cells": widgets.Layout(), "button": widgets.Layout(width="auto"),
                         "style": widgets.ButtonStyle(), "toggle": ToggleButtonStyle(),
                         "row": widgets.Layout(align_items="center")}
@@ -126,10 +125,10 @@ class EventTable(Shown, widgets.VBox):
                                      layout=widgets.Layout(width="11em"))
         self.request_id = widgets.Text(value=q.request_id or "", placeholder="RequestId", continuous_update=False,
                                        layout=widgets.Layout(width="24em"))
-        self.since = widgets.Text(value=q.since or "", placeholder="from YYYY-MM-DD HH:MM:SS",
+        self.since = widgets.Text(value=time_text(q.since), placeholder="from YYYY-MM-DD HH:MM:SS",
                                   continuous_update=False, layout=widgets.Layout(width="13em"))
-        self.until = widgets.Text(value=q.until or "", placeholder="to YYYY-MM-DD HH:MM:SS", continuous_update=False,
-                                  layout=widgets.Layout(width="13em"))
+        self.until = widgets.Text(value=time_text(q.until), placeholder="to YYYY-MM-DD HH:MM:SS",
+                                  continuous_update=False, layout=widgets.Layout(width="13em"))
         self.status = {s: widgets.ToggleButton(value=s in q.statuses, description=s,
                                                layout=widgets.Layout(width="auto")) for s in STATUSES}
         for w in (self.function, self.request_id, self.since, self.until, *self.status.values()):
@@ -175,13 +174,15 @@ class EventTable(Shown, widgets.VBox):
             for s in STATUSES)
         records: list[Any] = list(frame.itertuples(index=False))
         while len(self._lines) < len(records):
-            self._lines.append(Row(self, self._shared))
+            self._lines.append(Row(self._shared))
         live = {r.request_id for r in records if r.status in LIVE}
         self._pending -= {r.request_id for r in records if r.status not in LIVE}
         for rid in [rid for rid in self._buttons if rid not in live]:  # ended, or off the page
             self._buttons.pop(rid).close()
-        for line, record in zip(self._lines, records, strict=False):  # the pool may hold more lines
-            line.draw(record, record.request_id == self._selected, self._button(record.request_id, live))
+        on_page = {r.request_id for r in records}
+        for rid in [rid for rid in self._toggles if rid not in on_page]:
+            self._toggles.pop(rid).close()
+        self._redraw_rows()
         rows = tuple(line.box for line in self._lines[:len(records)])
         if rows != self._body.children:
             self._body.children = rows
@@ -254,15 +255,31 @@ class EventTable(Shown, widgets.VBox):
             button.description = "terminating..."
         try:
             self._client.terminate_event(rid, grace=self.graceful.value, wait=False)
-        except ScfError as e:  # it ended meanwhile
-            self.error.value = f"<i>{render.esc(e)}</i>"
+        except Exception as e:  # it ended meanwhile (the refresh drops its button), or the request failed
+            self.error.value = f"<i>{render.esc(e if isinstance(e, ScfError) else f'{type(e).__name__}: {e}')}</i>"
+            with self._lock:
+                self._pending.discard(rid)  # it can be asked again
+            with button.hold_sync():
+                button.disabled = False
+                button.description = "Terminate"
 
-    def _select(self, row: Row, on: bool) -> None:
-        """The "log" toggle of ``row`` changed (a click, or a redraw that moved the selected event)."""
+    def _toggle(self, rid: str) -> widgets.ToggleButton:
+        """The "log" toggle of ``rid`` (made once per RequestId, never drawn for another)."""
+        toggle = self._toggles.get(rid)
+        if toggle is None:
+            toggle = widgets.ToggleButton(description="log", layout=self._shared["button"],
+                                          style=self._shared["toggle"], tooltip="show this event's log below")
+            toggle.add_class("scf-select")
+            toggle.observe(lambda change: self._select(rid, change["new"]), names="value")
+            self._toggles[rid] = toggle
+        return toggle
+
+    def _select(self, rid: str, on: bool) -> None:
+        """The "log" toggle of ``rid`` changed (a click, or a redraw of the selection)."""
         with self._lock:
-            if on == (self._selected == row.request_id):
+            if on == (self._selected == rid):
                 return  # a redraw: the selection is where it was
-            self._selected = row.request_id if on else None
+            self._selected = rid if on else None
             self._open_pane(self._selected)
             self._redraw_rows()
 
@@ -270,7 +287,8 @@ class EventTable(Shown, widgets.VBox):
         records: list[Any] = list(self.page_frame.itertuples(index=False)) if self.page_frame is not None else []
         live = {r.request_id for r in records if r.status in LIVE}
         for line, record in zip(self._lines, records, strict=False):  # the pool may hold more lines
-            line.draw(record, record.request_id == self._selected, self._button(record.request_id, live))
+            rid = record.request_id
+            line.draw(record, rid == self._selected, self._toggle(rid), self._button(rid, live))
 
     def _open_pane(self, request_id: str | None) -> None:
         for old in self._pane_box.children:
@@ -284,6 +302,6 @@ class EventTable(Shown, widgets.VBox):
             self._open_pane(None)
             for row in self._lines:
                 row.close()
-            for button in self._buttons.values():
+            for button in (*self._buttons.values(), *self._toggles.values()):
                 button.close()
         super().close()
