@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,16 @@ def test_an_instance_process_loads_no_pandas_duckdb_or_jupyter(scf: Any) -> None
 
 # -- only the store runs SQL ------------------------------------------------------------------------------------
 PACKAGE = Path(__file__).resolve().parent.parent / "scf_nb"
+
+
+def found_outside(check: Callable[[str], list[Any]], allowed: Callable[[str], bool]) -> dict[str, list[Any]]:
+    """What ``check`` finds in the package's modules (by path under the package) that ``allowed`` does not cover."""
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = path.relative_to(PACKAGE).as_posix()
+        if not allowed(name) and (hits := check(path.read_text())):
+            found[name] = hits
+    return found
 STORE_LAYER = {"store/store.py", "store/stats.py", "store/logbuffer.py", "store/query.py"}
 SQL = re.compile(r"\bSELECT\b[\s\S]*\bFROM\b|\bINSERT\s+INTO\b|\bUPDATE\s+\w+\s+SET\b|\bDELETE\s+FROM\b|"
                  r"\b(CREATE|ALTER|DROP)\s+TABLE\b|\bCOPY\s*\(", re.IGNORECASE)
@@ -128,12 +139,7 @@ def test_the_sql_check_finds_sql() -> None:
 
 def test_only_the_store_layer_holds_sql() -> None:
     """DESIGN.md: only the store runs SQL. Its layer is store.py, stats.py, logbuffer.py and query.py (store/)."""
-    outside = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        name = path.relative_to(PACKAGE).as_posix()
-        if name not in STORE_LAYER and sql_texts(path.read_text()):
-            outside[name] = sql_texts(path.read_text())
-    assert outside == {}
+    assert found_outside(sql_texts, lambda name: name in STORE_LAYER) == {}
 
 
 def test_only_the_api_chooses_the_client() -> None:
@@ -186,12 +192,7 @@ def test_only_the_loky_backend_holds_loky_pidfd_or_proc_detail() -> None:
     """The engine, the store, the client and the domain reach instances only through the backend interface:
     nothing outside ``instances/loky/`` (and the factory that opens it) imports loky or the loky backend, opens
     a pidfd or reads /proc."""
-    outside = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        name = path.relative_to(PACKAGE).as_posix()
-        if not name.startswith(LOKY_BACKEND) and name != FACTORY and backend_details(path.read_text()):
-            outside[name] = backend_details(path.read_text())
-    assert outside == {}
+    assert found_outside(backend_details, lambda name: name.startswith(LOKY_BACKEND) or name == FACTORY) == {}
 
 
 # -- only the event table moves a status ------------------------------------------------------------------------
@@ -223,12 +224,7 @@ def test_the_status_check_finds_assignments() -> None:
 
 def test_only_the_event_table_moves_a_status() -> None:
     """Every status change goes through ``engine/table.py`` (and ``status.can_move``)."""
-    outside = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        name = path.relative_to(PACKAGE).as_posix()
-        if name not in STATUS_MOVERS and status_assignments(path.read_text()):
-            outside[name] = status_assignments(path.read_text())
-    assert outside == {}
+    assert found_outside(status_assignments, lambda name: name in STATUS_MOVERS) == {}
 
 
 # of scf_nb's own packages, what the views may import: the client protocol's side, never the engine, the backend,
