@@ -20,6 +20,7 @@ from .core.status import Status as Status
 if TYPE_CHECKING:  # what __getattr__ loads on first use, for type checkers: the real signatures
     from .api import client as client
     from .api import configure as configure
+    from .api import count_events as count_events
     from .api import create_function as create_function
     from .api import delete_function as delete_function
     from .api import export as export
@@ -53,7 +54,8 @@ __version__ = "0.1.0"
 
 _API = {
     "configure", "client", "shutdown", "create_function", "publish_version", "get_function", "list_functions",
-    "delete_function", "invoke", "wait", "get_event", "get_event_status", "list_events", "overview", "terminate",
+    "delete_function", "invoke", "wait", "get_event", "get_event_status", "list_events", "count_events",
+    "overview", "terminate",
     "logs", "search_logs", "export", "purge", "follow", "subscribe",
 }
 # names loaded from a module of their own on first use: types, and the notebook views (needs ipywidgets)

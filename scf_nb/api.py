@@ -171,6 +171,16 @@ def list_events(function: str | None = None, *, namespace: str | None = None, qu
 
 
 @documented
+def count_events(function: str | None = None, *, namespace: str | None = None, qualifier: str | None = None,
+                 status: str | Iterable[str] | None = None, invoke_type: str | Iterable[str] | None = None,
+                 request_id: str | None = None, start_time: tuple[Any, Any] | None = None,
+                 end_time: tuple[Any, Any] | None = None) -> int:
+    return client().count_events(function, namespace=namespace, qualifier=qualifier, status=status,
+                                 invoke_type=invoke_type, request_id=request_id, start_time=start_time,
+                                 end_time=end_time)
+
+
+@documented
 def overview(function: str | None = None, *, namespace: str | None = None, since: Any = None) -> pd.DataFrame:
     return client().overview(function, namespace=namespace, since=since)
 

@@ -183,6 +183,7 @@ def test_every_module_function_calls_the_client_that_client_chooses(scf: Any, tm
     scf.get_event(ev.request_id)
     scf.get_event_status(ev.request_id)
     scf.list_events(status="FINISHED")
+    scf.count_events(status="FINISHED")
     scf.overview()
     scf.logs(ev.request_id)
     assert [line.line for line in scf.follow(ev.request_id)] == scf.logs(ev.request_id)["line"].tolist()

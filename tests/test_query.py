@@ -119,3 +119,18 @@ def test_queries_answer_from_the_store(scf: Any) -> None:
     found = query.search_logs(store, SearchFilter("LINE", function="f", limit=None))
     assert sorted(found["line"]) == ["line 0", "line 1", "line 2"]
     assert query.overview(store, OverviewFilter(function="f")).set_index("status")["count"]["FINISHED"] == 3
+
+
+def test_count_events_counts_what_list_events_pages_through(scf: Any) -> None:
+    scf.create_function("ok", "def main_handler(event, context):\n    return event\n", async_run=True)
+    scf.create_function("bad", "def main_handler(event, context):\n    raise ValueError(event)\n", async_run=True)
+    events = [scf.invoke("ok", i) for i in range(5)] + [scf.invoke("bad", i) for i in range(2)]
+    scf.wait(events, timeout=60)
+    assert scf.count_events() == 7
+    assert scf.count_events("ok") == 5 == len(scf.list_events("ok", limit=None))
+    assert scf.count_events(status="FAILED") == 2
+    assert scf.count_events("ok", status=["FAILED", "ABORTED"]) == 0
+    assert scf.count_events(request_id=events[0].request_id) == 1
+    # the page does not change the total: TotalCount of ListAsyncEvents
+    assert len(scf.list_events(offset=5, limit=20)) == 2 and scf.count_events() == 7
+    assert raised(lambda: scf.count_events(status="DONE")) == raised(lambda: scf.list_events(status="DONE"))

@@ -166,6 +166,15 @@ class Client:
                                         limit=limit)
         return query.list_events(self.engine.store, f)
 
+    def count_events(self, function: str | None = None, *, namespace: str | None = None,
+                     qualifier: str | None = None, status: str | Iterable[str] | None = None,
+                     invoke_type: str | Iterable[str] | None = None, request_id: str | None = None,
+                     start_time: tuple[Any, Any] | None = None, end_time: tuple[Any, Any] | None = None) -> int:
+        f = query.EventFilter.from_args(function, namespace=namespace, qualifier=qualifier, status=status,
+                                        invoke_type=invoke_type, request_id=request_id, start_time=start_time,
+                                        end_time=end_time)
+        return query.count_events(self.engine.store, f)
+
     def overview(self, function: str | None = None, *, namespace: str | None = None,
                  since: Any = None) -> pd.DataFrame:
         return query.overview(self.engine.store, query.OverviewFilter(function, namespace, since))

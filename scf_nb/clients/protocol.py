@@ -195,6 +195,18 @@ class ClientProtocol(Protocol):
         """
         ...
 
+    def count_events(self, function: str | None = None, *, namespace: str | None = None,
+                     qualifier: str | None = None, status: str | Iterable[str] | None = None,
+                     invoke_type: str | Iterable[str] | None = None, request_id: str | None = None,
+                     start_time: tuple[Any, Any] | None = None, end_time: tuple[Any, Any] | None = None) -> int:
+        """How many traced events ``list_events`` with these filters finds in all (ListAsyncEvents' TotalCount),
+        whatever page it returns.
+
+        Raises:
+            ScfError: as ``list_events`` for a bad filter.
+        """
+        ...
+
     def overview(self, function: str | None = None, *, namespace: str | None = None,
                  since: Any = None) -> pd.DataFrame:
         """One row per status (QUEUED, RUNNING, FINISHED, FAILED, ABORTED; zero when none) with ``count`` and

@@ -167,6 +167,20 @@ class EventFilter:
 
     def sql(self) -> tuple[str, list[Any]]:
         """The query and its parameters."""
+        where, params = self._where()
+        d = self.order
+        sql = (f"SELECT {', '.join(EVENT_LIST_COLUMNS)} FROM events WHERE {' AND '.join(where)} "
+               f"ORDER BY {ORDER_COLUMNS[self.orderby]} {d} NULLS LAST, event_key {d}")
+        if self.limit is not None:
+            sql += f" LIMIT {self.limit}"
+        return sql + f" OFFSET {self.offset}", params
+
+    def count_sql(self) -> tuple[str, list[Any]]:
+        """The query counting every event the filter matches (order, offset and limit aside), its parameters."""
+        where, params = self._where()
+        return f"SELECT count(*) FROM events WHERE {' AND '.join(where)}", params
+
+    def _where(self) -> tuple[list[str], list[Any]]:
         where: list[str] = ["traced"]
         params: list[Any] = []
         _equal(where, params, function_name=self.function, namespace=self.namespace, qualifier=self.qualifier,
@@ -183,12 +197,7 @@ class EventFilter:
             if end is not None:
                 where.append(f"{column} < to_timestamp(?)")
                 params.append(end)
-        d = self.order
-        sql = (f"SELECT {', '.join(EVENT_LIST_COLUMNS)} FROM events WHERE {' AND '.join(where)} "
-               f"ORDER BY {ORDER_COLUMNS[self.orderby]} {d} NULLS LAST, event_key {d}")
-        if self.limit is not None:
-            sql += f" LIMIT {self.limit}"
-        return sql + f" OFFSET {self.offset}", params
+        return where, params
 
 
 @dataclass(frozen=True)
@@ -257,6 +266,10 @@ class OverviewFilter:
 # -- the queries -----------------------------------------------------------------------------------------------
 def list_events(store: Store, f: EventFilter) -> pd.DataFrame:
     return store.query(*f.sql())
+
+
+def count_events(store: Store, f: EventFilter) -> int:
+    return int(store.rows(*f.count_sql())[0][0])
 
 
 def overview(store: Store, f: OverviewFilter) -> pd.DataFrame:
