@@ -7,10 +7,13 @@ store (conftest's ``scf``); handlers are held by gate files, never by a sleep in
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import http.client
 import io
 import json
+import socket
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -27,7 +30,7 @@ from tencentcloud.scf.v20180416 import models, scf_client
 from test_layering import PACKAGE, own_imports
 
 from scf_nb.server import tc3
-from scf_nb.server.tencentcloud import TcServer, start_in_thread
+from scf_nb.server.tencentcloud import TcServer, serve_forever, start, start_in_thread
 
 SECRET_ID, SECRET_KEY = "AKIDscfnbtest", "test-secret-key"
 
@@ -217,6 +220,9 @@ def test_sync_invoke_answers_the_return_value_as_json_with_its_log(scf: Any, sdk
     assert scf.get_event(result["FunctionRequestId"]).status == "FINISHED"
     default = call(sdk, "Invoke", FunctionName="now", ClientContext=json.dumps({"mode": "plain"}))["Result"]
     assert json.loads(default["RetMsg"]) == {"n": None, "mode": "plain"}  # sync is the default
+    assert default["Log"].splitlines() == ["started plain", "ending plain"]
+    quiet = call(sdk, "Invoke", FunctionName="now", ClientContext="{}", LogType="None")["Result"]
+    assert quiet["Log"] == "" and json.loads(quiet["RetMsg"])["mode"] is None
     failed = invoke(sdk, "now", {"mode": "fail", "n": 2}, kind="RequestResponse")
     assert failed["InvokeResult"] != 0 and failed["RetMsg"] == ""
     error = json.loads(failed["ErrMsg"])
@@ -374,6 +380,60 @@ def test_start_refuses_without_keys(scf: Any) -> None:
         with pytest.raises(scf.ScfError) as err:
             start_in_thread(scf.client(), 0, secret_id, secret_key)
         assert err.value.code == "MissingParameter.SecretKey"
+    with pytest.raises(scf.ScfError) as err:
+        start_in_thread(scf.client(), 70000, SECRET_ID, SECRET_KEY)
+    assert err.value.code == "InvalidParameterValue.Port"
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_stop_closes_the_port(scf: Any) -> None:
+    server = start_in_thread(scf.client(), 0, SECRET_ID, SECRET_KEY)
+    try:
+        assert server.url == f"http://127.0.0.1:{server.port}" and not refused(server.port)
+        assert call(sdk_for(server), "ListFunctions")["TotalCount"] == 0
+    finally:
+        server.stop()
+    assert refused(server.port)
+
+
+def test_start_on_a_running_loop_as_the_extension_does(scf: Any) -> None:
+    """``start`` on the loop of the calling thread (a Jupyter server's, in its extension), ``aclose`` there."""
+
+    async def serve() -> tuple[int, dict[str, Any]]:
+        server = start(scf.client(), 0, SECRET_ID, SECRET_KEY)
+        try:
+            loop = asyncio.get_running_loop()
+            return server.port, await loop.run_in_executor(None, lambda: call(sdk_for(server), "ListFunctions"))
+        finally:
+            await server.aclose()
+
+    port, answer = asyncio.run(serve())
+    assert answer["TotalCount"] == 0 and refused(port)
+    with pytest.raises(RuntimeError):
+        start(scf.client(), 0, SECRET_ID, SECRET_KEY)  # no loop runs in this thread
+
+
+def test_serve_forever_serves_until_stopped(scf: Any) -> None:
+    started: list[TcServer] = []
+    thread = threading.Thread(target=serve_forever, args=(scf.client(), 0, SECRET_ID, SECRET_KEY),
+                              kwargs={"ready": started.append})
+    thread.start()
+    try:
+        wait_until(lambda: started, 30, "serve_forever to listen")
+        assert call(sdk_for(started[0]), "ListFunctions")["TotalCount"] == 0
+    finally:
+        wait_until(lambda: started or not thread.is_alive(), 30, "serve_forever to start or end")
+        if started:
+            started[0].stop()
+        thread.join(30)
+    assert not thread.is_alive() and refused(started[0].port)
 
 
 def test_bad_client_context_and_missing_fields(scf: Any, sdk: scf_client.ScfClient) -> None:
@@ -382,6 +442,9 @@ def test_bad_client_context_and_missing_fields(scf: Any, sdk: scf_client.ScfClie
         "InvalidParameterValue.ClientContext")
     assert code_of(sdk, "Invoke", FunctionName="strict", InvocationType="Later") == (
         "InvalidParameterValue.InvocationType")
+    too_big = json.dumps({"blob": "x" * (128 * 1024)})  # async events: at most 128 KB
+    assert code_of(sdk, "Invoke", FunctionName="strict", InvocationType="Event", ClientContext=too_big) == (
+        "InvalidParameterValue.ClientContext")
     assert code_of(sdk, "Invoke", InvocationType="Event") == "MissingParameter"
     assert code_of(sdk, "GetAsyncEventStatus") == "MissingParameter"
     assert code_of(sdk, "TerminateAsyncEvent", FunctionName="strict") == "MissingParameter"
@@ -414,8 +477,6 @@ def test_injection_strings_get_proper_errors_and_leave_records_intact(scf: Any, 
 def test_a_waiting_sync_invoke_does_not_hold_up_other_requests(scf: Any, sdk: scf_client.ScfClient,
                                                                api: TcServer, tmp_path: Path) -> None:
     """Client calls run in the API's thread pool: the loop answers others while one sync Invoke waits."""
-    import threading
-
     create(sdk, "blocking", async_run=False)
     gate = str(tmp_path / "gate")
     answers: list[dict[str, Any]] = []

@@ -63,16 +63,17 @@ def invoke(ctx: Context, p: Params) -> dict[str, Any]:
     kind = p.choice("InvocationType", ("Event", "RequestResponse"), "RequestResponse")
     event = _client_context(p.text("ClientContext"))
     qualifier = p.text("Qualifier", LATEST) or LATEST
+    with_log = p.choice("LogType", ("None", "Tail"), "Tail") == "Tail"  # "None": no Log (spares a store read)
     handle = ctx.client.invoke(name, event, qualifier=qualifier, namespace=_namespace(p))
     rid = handle.request_id
     # An async function answers at once, however it was invoked (SCF: "the function will respond to the event
     # asynchronously"); a sync one has run by now (the client waited), and Event then answers with its id only.
     if kind == "Event" or ctx.client.event_info(rid).get("invoke_type") == "Event":
         return {"Result": {"FunctionRequestId": rid}}
-    return {"Result": _sync_result(ctx.client, rid)}
+    return {"Result": _sync_result(ctx.client, rid, with_log)}
 
 
-def _sync_result(client: ClientProtocol, rid: str) -> dict[str, Any]:
+def _sync_result(client: ClientProtocol, rid: str, with_log: bool) -> dict[str, Any]:
     ret_msg, err_msg, ok = "", "", True
     try:
         ret_msg = JsonView().dumps(client.event_result(rid))
@@ -84,13 +85,17 @@ def _sync_result(client: ClientProtocol, rid: str) -> dict[str, Any]:
         ok = False
         err_msg = json.dumps({"errorCode": -1, "errorMessage": e.message, "errorType": "Aborted", "stackTrace": ""})
     info = client.event_info(rid)
-    lines = client.logs(rid)["line"].tolist()
-    log = "\n".join(str(line) for line in lines)
+    log = "\n".join(str(line) for line in client.logs(rid)["line"].tolist()) if with_log else ""
     if len(log) > MAX_LOG_CHARS:
         log = "(earlier lines cut: read them all with the logs API)\n" + log[-MAX_LOG_CHARS:]
-    return {"Log": log, "RetMsg": ret_msg, "ErrMsg": err_msg, "MemUsage": int(info.get("mem_usage_bytes") or 0),
-            "Duration": float(info.get("duration_ms") or 0.0), "BillDuration": int(info.get("billed_duration_ms") or 0),
+    return {"Log": log, "RetMsg": ret_msg, "ErrMsg": err_msg, "MemUsage": int(_number(info.get("mem_usage_bytes"))),
+            "Duration": _number(info.get("duration_ms")), "BillDuration": int(_number(info.get("billed_duration_ms"))),
             "FunctionRequestId": rid, "InvokeResult": 0 if ok else -1}
+
+
+def _number(value: Any) -> float:
+    """A figure of the event's, 0 where it has none (None or NaN: JSON has no NaN)."""
+    return 0.0 if value is None or value != value else float(value)
 
 
 def _client_context(text: str | None) -> Any:

@@ -149,9 +149,9 @@ class TcServer:
             on_loop = False
         if on_loop:
             self._close()
-            self._loop.create_task(self._aclose())
+            self._loop.create_task(self.aclose())
         elif self._loop.is_running():
-            asyncio.run_coroutine_threadsafe(self._aclose(), self._loop).result(timeout=30)
+            asyncio.run_coroutine_threadsafe(self.aclose(), self._loop).result(timeout=30)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
 
@@ -165,7 +165,9 @@ class TcServer:
             self._http.stop()
             self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _aclose(self) -> None:
+    async def aclose(self) -> None:
+        """``stop()`` on the server's own loop, awaited: returns once every connection is closed (the
+        extension's ``stop_extension`` awaits it)."""
         self._close()
         await self._http.close_all_connections()
         self._stopped.set()
@@ -189,7 +191,11 @@ def start(client: ClientProtocol, port: int, secret_id: str, secret_key: str, *,
                                                      "them it does not open its port")
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ScfError("InvalidParameterValue.Port", f"port must be an integer 0-65535, got {port!r}")
-    asyncio.get_running_loop()
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError("tencentcloud.start needs a running asyncio loop in this thread (a Jupyter server's); "
+                           "elsewhere use start_in_thread or serve_forever") from None
     pool = concurrent.futures.ThreadPoolExecutor(THREADS, thread_name_prefix="scf-nb-tc")
     api = Api(client, secret_id, secret_key)
     app = tornado.web.Application([(r"/.*", _Handler, {"api": api, "pool": pool})])
@@ -231,7 +237,7 @@ def serve_forever(client: ClientProtocol, port: int, secret_id: str, secret_key:
                 ready(server)
             await server.wait_stopped()
         finally:
-            await server._aclose()
+            await server.aclose()
 
     asyncio.run(main())
 
