@@ -75,6 +75,9 @@ def main() -> None:
         rows[f"SDK ListAsyncEvents Limit 100 (of {2 * n + 1})"] = timed(lambda: sdk.ListAsyncEvents(page), n)
         sync = request("Invoke", FunctionName="sync_noop", InvocationType="RequestResponse", ClientContext="{}")
         rows["SDK Invoke RequestResponse (no-op)"] = timed(lambda: sdk.Invoke(sync), n)
+        quiet = request("Invoke", FunctionName="sync_noop", InvocationType="RequestResponse", ClientContext="{}",
+                        LogType="None")
+        rows["SDK Invoke RequestResponse, LogType None"] = timed(lambda: sdk.Invoke(quiet), n)
         rows["embedded client.invoke (sync no-op)"] = timed(lambda: client.invoke("sync_noop", {}), n)
     finally:
         server.stop()
