@@ -131,6 +131,7 @@ class TcServer:
         self._stopped = asyncio.Event()
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._closing: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
@@ -149,7 +150,7 @@ class TcServer:
             on_loop = False
         if on_loop:
             self._close()
-            self._loop.create_task(self.aclose())
+            self._closing = self._loop.create_task(self.aclose())  # (held: a task nobody references may vanish)
         elif self._loop.is_running():
             asyncio.run_coroutine_threadsafe(self.aclose(), self._loop).result(timeout=30)
         if self._thread is not None and self._thread is not threading.current_thread():
