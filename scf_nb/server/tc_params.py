@@ -31,13 +31,16 @@ class Params:
             raise ScfError("MissingParameter", f"the request needs {name}")
         return value
 
-    def text(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
+    def _typed(self, name: str, kind: type, what: str, default: Any, required: bool = False) -> Any:
         value = self._get(name, required)
         if value is None:
             return default
-        if not isinstance(value, str):
-            raise invalid(name, f"{name} must be a string, got {value!r}")
+        if not isinstance(value, kind):
+            raise invalid(name, f"{name} must be {what}, got {value!r}")
         return value
+
+    def text(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
+        return self._typed(name, str, "a string", default, required)  # type: ignore[no-any-return]
 
     def needed(self, name: str) -> str:
         """A required string field."""
@@ -52,12 +55,7 @@ class Params:
         return value
 
     def boolean(self, name: str, default: bool = False) -> bool:
-        value = self._get(name, False)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise invalid(name, f"{name} must be true or false, got {value!r}")
-        return value
+        return self._typed(name, bool, "true or false", default)  # type: ignore[no-any-return]
 
     def integer(self, name: str, default: int | None = None, *, low: int = 0, high: int | None = None) -> int | None:
         value = self._get(name, False)

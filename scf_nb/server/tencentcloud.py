@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ipaddress
 import json
 import logging
 import os
+import socket
 import threading
 import uuid
 from collections.abc import Callable, Mapping
@@ -200,10 +202,23 @@ def start(client: ClientProtocol, port: int, secret_id: str, secret_key: str, *,
     pool = concurrent.futures.ThreadPoolExecutor(THREADS, thread_name_prefix="scf-nb-tc")
     api = Api(client, secret_id, secret_key)
     app = tornado.web.Application([(r"/.*", _Handler, {"api": api, "pool": pool})])
+    if not _is_loopback(host):
+        log.warning("TencentCloud API: listening on %s, beyond loopback: whoever reaches the port and holds the "
+                    "key can run code here", host)
     sockets = tornado.netutil.bind_sockets(port, address=host)
     http = tornado.httpserver.HTTPServer(app, max_body_size=MAX_BODY_BYTES)
     http.add_sockets(sockets)
     return TcServer(http, pool, host, sockets[0].getsockname()[1])
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+        except (OSError, ValueError):
+            return False
 
 
 def start_in_thread(client: ClientProtocol, port: int, secret_id: str, secret_key: str, *,
