@@ -31,7 +31,7 @@ from tencentcloud.scf.v20180416 import models, scf_client
 from test_layering import PACKAGE, own_imports
 
 from scf_nb.server import tc3
-from scf_nb.server.tencentcloud import TcServer, serve_forever, start, start_in_thread
+from scf_nb.server.tencentcloud import TcServer, keys_from_environment, serve_forever, start, start_in_thread
 
 SECRET_ID, SECRET_KEY = "AKIDscfnbtest", "test-secret-key"
 
@@ -405,6 +405,7 @@ def test_start_refuses_without_keys(scf: Any) -> None:
     with pytest.raises(scf.ScfError) as err:
         start_in_thread(scf.client(), 70000, SECRET_ID, SECRET_KEY)
     assert err.value.code == "InvalidParameterValue.Port"
+    assert keys_from_environment({"SCF_NB_SECRET_ID": "id"}) == ("id", "")  # what the CLI and extension pass on
 
 
 def refused(port: int) -> bool:
