@@ -36,13 +36,14 @@ def store(path: Path, timeout: int = 120) -> float:
     """Execute ``path`` in its own folder and rewrite it with the checked cells' outputs only; seconds taken."""
     nb = nbformat.read(path, as_version=4)
     started = time.monotonic()
-    NotebookClient(nb, timeout=timeout, kernel_name="python3",
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", coalesce_streams=True,
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     took = time.monotonic() - started
     for cell in nb.cells:
         if cell.cell_type == "code" and not checked(cell):
             cell.outputs, cell.execution_count = [], None
         cell.get("metadata", {}).pop("execution", None)  # nbclient's timings: they change on every run
+    nb.metadata.pop("widgets", None)  # the widgets' saved state: no widget output is stored
     nbformat.validate(nb)
     nbformat.write(nb, path)
     return took
