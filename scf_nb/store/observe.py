@@ -107,6 +107,11 @@ class Subscription:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def push(self, changes: Changes) -> None:
+        """Hand ``changes`` to this subscription (merged with what it has not taken yet): what a feed does after
+        each commit; a client whose changes come from elsewhere (the HTTP client's stream) calls it too."""
+        self._offer(changes)
+
     def _offer(self, changes: Changes) -> None:
         with self._cond:
             if self._closed:
