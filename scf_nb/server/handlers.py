@@ -106,7 +106,8 @@ class ScfHandler(ExtensionHandlerMixin, APIHandler):
         return out
 
     def body(self, *names: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
-        """The JSON object of the body, with only ``names`` (``required`` among them)."""
+        """The JSON object of the body, with only ``names`` (``required`` among them); no query arguments."""
+        self.params()
         try:
             data = json.loads(self.request.body or b"{}")
         except ValueError as e:
