@@ -33,6 +33,7 @@ import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +45,7 @@ from ..core.payload import event_text
 from ..core.results import decode as decode_result
 from ..core.status import Status
 from ..store.follow import Follower, LogLine, follow_arguments
-from ..store.observe import Changes, Subscription
+from ..store.observe import Changes, Subscription, call_back, safely_ended
 from . import wire
 from .events import Event
 from .protocol import WaitResult, documented
@@ -231,7 +232,7 @@ class HttpClient:
         call: Callable[[], Any] = lambda: fn(handle)  # noqa: E731 - one object, to find it again below
         stream.add_done(handle.request_id, call)
         if self.event_status(handle.request_id) in _TERMINAL and stream.take_done(handle.request_id, call):
-            _call_back(call)
+            call_back(call)
 
     def subscribe(self, fn: Callable[[Changes], Any]) -> Subscription:
         if not callable(fn):
@@ -582,13 +583,13 @@ class _ChangeStream:
         with self._lock:
             waiting = list(self._done)
         if changes.overflow:  # which ended is not known: ask the server for each event that has callbacks
-            ended = {rid for rid in waiting if _safely_ended(self._client, rid)}
+            ended = {rid for rid in waiting if safely_ended(partial(self._client.ended, rid))}
         else:
             ended = set(changes.ended) & set(waiting)
         with self._lock:
             due = [call for rid in ended if rid in self._done for call in self._done.pop(rid)]
         for call in due:
-            _call_back(call)
+            call_back(call)
 
 
 def _changes_from(data: dict[str, Any]) -> Changes:
@@ -609,20 +610,6 @@ def _part(value: str) -> str:
 
 def _closed_error() -> ScfError:
     return ScfError("FailedOperation.ClientClosed", "this HttpClient was closed; make a new one (scf_nb.client())")
-
-
-def _safely_ended(client: HttpClient, request_id: str) -> bool:
-    try:
-        return client.ended(request_id)
-    except ScfError:
-        return True  # gone (purged): nothing will end it later
-
-
-def _call_back(call: Callable[[], Any]) -> None:
-    try:
-        call()
-    except Exception:
-        log.exception("scf_nb: a done callback raised")
 
 
 if TYPE_CHECKING:

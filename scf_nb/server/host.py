@@ -25,14 +25,13 @@ from typing import Any, TypeVar
 from ..clients import discovery
 from ..clients.protocol import ClientProtocol
 from ..core.errors import ScfError
-from ..store.observe import Changes, Subscription
+from ..store.observe import Changes, Subscription, Unread
 
 log = logging.getLogger("scf_nb")
 _T = TypeVar("_T")
 QUICK_THREADS = 8  # reads and short writes; DuckDB reads run in parallel, one cursor per thread
 SLOW_THREADS = 64  # calls that may block long: a sync invoke, a terminate that waits, an export
 MAX_WAIT_S = 30.0  # a wait request answers after at most this long (the HTTP client asks again)
-MAX_PENDING_IDS = 100_000  # ids a stream has not sent yet; beyond: overflow
 
 
 class EngineHost:
@@ -166,23 +165,14 @@ class ChangeBroker:
 
 
 class Pending:
-    """What one stream has not sent yet: changes merged (as a ``Subscription`` merges them), bounded."""
+    """What one stream has not sent yet: changes merged and bounded (``observe.Unread``), and its wake-up."""
 
     def __init__(self) -> None:
-        self._events: set[str] = set()
-        self._logs: set[str] = set()
-        self._ended: set[str] = set()
-        self._overflow = False
+        self._unread = Unread()
         self.wake = asyncio.Event()
 
     def add(self, changes: Changes) -> None:
-        if not self._overflow:
-            self._events |= changes.events
-            self._logs |= changes.logs
-            self._ended |= changes.ended
-            if changes.overflow or len(self._events) + len(self._logs) > MAX_PENDING_IDS:
-                self._overflow = True
-                self._events, self._logs, self._ended = set(), set(), set()
+        self._unread.add(changes)
         self.wake.set()
 
     async def take(self, timeout: float) -> dict[str, Any] | None:
@@ -192,9 +182,7 @@ class Pending:
         except asyncio.TimeoutError:
             return None
         self.wake.clear()
-        if not (self._events or self._logs or self._overflow):
+        if not self._unread:
             return None
-        out = {"events": sorted(self._events), "logs": sorted(self._logs), "ended": sorted(self._ended),
-               "overflow": self._overflow}
-        self._events, self._logs, self._ended, self._overflow = set(), set(), set(), False
-        return out
+        c = self._unread.take()
+        return {"events": sorted(c.events), "logs": sorted(c.logs), "ended": sorted(c.ended), "overflow": c.overflow}
