@@ -295,8 +295,8 @@ def web_imports(source: str) -> list[tuple[int, str]]:
 
 
 def test_the_web_check_finds_imports() -> None:
-    assert web_imports("import tornado.web\nfrom jupyter_server.base.handlers import APIHandler\nfrom . import x\n") == [
-        (1, "tornado.web"), (2, "jupyter_server.base.handlers")]
+    source = "import tornado.web\nfrom jupyter_server.base.handlers import APIHandler\nfrom . import x\n"
+    assert web_imports(source) == [(1, "tornado.web"), (2, "jupyter_server.base.handlers")]
 
 
 def test_only_the_server_package_imports_tornado_or_jupyter_server() -> None:

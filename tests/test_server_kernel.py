@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from conftest import wait_until
 from server_support import Server, jupyter_server, leftovers
+from test_kernel import run as run_cell
 
 import scf_nb
 
@@ -65,21 +66,7 @@ class Kernel:
         self.client = self._connect()
 
     def run(self, code: str) -> str:
-        msg_id = self.client.execute(code)
-        out = []
-        while True:
-            msg = self.client.get_iopub_msg(timeout=90)
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
-            kind, content = msg["msg_type"], msg["content"]
-            if kind == "error":
-                pytest.fail(f"cell failed: {content['ename']}: {content['evalue']}\n{code}")
-            if kind == "stream":
-                out.append(content["text"])
-            elif kind == "execute_result":
-                out.append(content["data"]["text/plain"])
-            elif kind == "status" and content["execution_state"] == "idle":
-                return "".join(out)
+        return run_cell(self.client, code)
 
     def value(self, code: str) -> Any:
         return ast.literal_eval(self.run(code).strip())
