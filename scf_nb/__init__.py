@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # what __getattr__ loads on first use, for type checkers: the
     from .api import count_events as count_events
     from .api import create_function as create_function
     from .api import delete_function as delete_function
+    from .api import engine_info as engine_info
     from .api import export as export
     from .api import follow as follow
     from .api import get_event as get_event
@@ -42,9 +43,11 @@ if TYPE_CHECKING:  # what __getattr__ loads on first use, for type checkers: the
     from .api import wait as wait
     from .clients.embedded import Client as Client
     from .clients.events import Event as Event
+    from .clients.http import HttpClient as HttpClient
     from .clients.protocol import ClientProtocol as ClientProtocol
     from .core.config import Config as Config
     from .core.functions import Function as Function
+    from .store.follow import Follower as Follower
     from .store.follow import LogLine as LogLine
     from .store.observe import Changes as Changes
     from .store.observe import Subscription as Subscription
@@ -56,12 +59,13 @@ _API = {
     "configure", "client", "shutdown", "create_function", "publish_version", "get_function", "list_functions",
     "delete_function", "invoke", "wait", "get_event", "get_event_status", "list_events", "count_events",
     "overview", "terminate",
-    "logs", "search_logs", "export", "purge", "follow", "subscribe",
+    "logs", "search_logs", "export", "purge", "follow", "subscribe", "engine_info",
 }
 # names loaded from a module of their own on first use: types, and the notebook views (needs ipywidgets)
 _TYPES = {"Event": ".clients.events", "Function": ".core.functions", "Client": ".clients.embedded",
           "ClientProtocol": ".clients.protocol", "Config": ".core.config", "Changes": ".store.observe",
-          "Subscription": ".store.observe", "LogLine": ".store.follow", "event_table": ".widgets"}
+          "Subscription": ".store.observe", "LogLine": ".store.follow", "Follower": ".store.follow",
+          "HttpClient": ".clients.http", "event_table": ".widgets"}
 
 __all__ = sorted(_API | set(_TYPES) | {"ScfError", "FunctionError", "EventAborted", "Status",
                                        "load_ipython_extension", "unload_ipython_extension"})

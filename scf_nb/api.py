@@ -1,30 +1,38 @@
 """The module-level API: ``scf_nb.invoke(...)`` and friends, each calling the same method of the default
-client, which ``client()`` alone chooses: today an embedded one (``clients.embedded.Client``), whose engine runs in
-this process and starts on first use with ``configure``'s settings. The functions have the protocol's
-signatures and docstrings (``clients.protocol.ClientProtocol``; a test keeps them equal)."""
+client, which ``client()`` alone chooses: the engine a Jupyter server hosts for the configured home, over HTTP
+(``clients.http.HttpClient``), when one does (``clients.discovery``: ``SCF_NB_SERVER`` from the server that
+started this kernel, or the home's ``server.json``); else an embedded one (``clients.embedded.Client``), whose
+engine runs in this process and starts on first use with ``configure``'s settings. The functions have the
+protocol's signatures and docstrings (``clients.protocol.ClientProtocol``; a test keeps them equal)."""
 
 from __future__ import annotations
 
+import os
 import threading
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from .clients import discovery
 from .clients.embedded import Client
 from .clients.events import Event
+from .clients.http import HttpClient
 from .clients.protocol import ClientProtocol, WaitResult, documented
 from .core.config import LIVE_SETTINGS, Config, from_environment
 from .core.errors import ScfError
 from .core.functions import LATEST, Function
 from .engine.engine import Engine
-from .store.follow import LogFollower
+from .store.follow import Follower
 from .store.observe import Changes, Subscription
 
 _lock = threading.RLock()
-_client: Client | None = None
+_client: ClientProtocol | None = None
 _settings: dict[str, Any] = {}
+_server: tuple[discovery.ServerInfo, str] | None = None  # the server whose engine _client reaches, how found
+_hosted: dict[str, Any] | None = None  # set when this process is a Jupyter server hosting the engine
 
 
 def configure(*, force: bool = False, **settings: Any) -> Config:
@@ -50,8 +58,10 @@ def configure(*, force: bool = False, **settings: Any) -> Config:
     """
     with _lock:
         config = from_environment().updated(**{**_settings, **settings})
-        engine = _client.engine if _client is not None and not _client.closed else None
-        if engine is not None and settings:
+        engine = _client.engine if isinstance(_client, Client) and not _client.closed else None
+        if _server is not None and _client is not None and not _client.closed and settings:
+            _over_http(config, _server[0], settings)
+        elif engine is not None and settings:
             changed = config.differences(engine.config)
             restart = [name for name in changed if name not in LIVE_SETTINGS]
             if restart:
@@ -81,30 +91,111 @@ def _busy(restart: list[str], ids: list[str]) -> ScfError:
         f"a restart: {', '.join(sorted(LIVE_SETTINGS))}")
 
 
+def _over_http(config: Config, server: discovery.ServerInfo, settings: dict[str, Any]) -> None:
+    """``configure`` while the default client is a server's: another home lets go of it (the next call chooses
+    again); the engine's other settings are the server's own."""
+    global _client, _server
+    if os.path.abspath(config.home) != server.home:
+        if _client is not None:
+            _client.close()
+        _client, _server = None, None
+        return
+    others = sorted(set(settings) - {"home"})
+    if others:
+        warnings.warn(f"scf_nb: the engine runs in the Jupyter server at {server.url} (home {server.home}); "
+                      f"{', '.join(others)} apply to it only as that server was started (its SCF_NB_* "
+                      f"environment); here they change nothing", stacklevel=3)
+
+
 def client() -> ClientProtocol:
     """The default client, starting its engine if needed: the one place that chooses which client the
-    module-level functions use (an embedded ``Client`` has the engine as ``.engine``)."""
+    module-level functions use. A Jupyter server hosting the engine of the configured home: an ``HttpClient``
+    to it; else an embedded ``Client`` (it has the engine as ``.engine``); if its store is locked by a server
+    that started meanwhile, that server's."""
     c = _client
     if c is not None and not c.closed:  # the common case, without the lock
         return c
-    return _embedded()
+    return _choose()
 
 
-def _embedded() -> Client:
-    global _client
+def _choose() -> ClientProtocol:
+    global _client, _server
     with _lock:
         if _client is None or _client.closed:
-            _client = Client(Engine(configure()))
+            config = configure()
+            _client, _server = _connect(config)
         return _client
 
 
+def _connect(config: Config) -> tuple[ClientProtocol, tuple[discovery.ServerInfo, str] | None]:
+    found = None if _hosted is not None else discovery.find(config.home)
+    if found is None:
+        try:
+            return Client(Engine(config)), None
+        except ScfError as e:
+            if e.code != "FailedOperation.StoreLocked" or _hosted is not None:
+                raise
+            found = discovery.find(config.home)  # a server took the store meanwhile: its engine, then
+            if found is None:
+                raise
+    return HttpClient(found[0].url, found[0].token), found
+
+
+def host(home: str | os.PathLike[str]) -> Client:
+    """For the Jupyter server extension: start this process's engine on ``home`` and make it the default client
+    (never another server's); ``engine_info`` says it is hosted here."""
+    global _hosted
+    with _lock:
+        _hosted = {"url": None}
+        configure(home=home)
+        c = client()
+        if not isinstance(c, Client):  # pragma: no cover - _connect gives an embedded one while hosting
+            raise ScfError("FailedOperation.EngineHosted", "the hosted engine must run in this process")
+        return c
+
+
+def hosted_at(url: str) -> None:
+    """The URL the hosting server answers at (known once it listens)."""
+    if _hosted is not None:
+        _hosted["url"] = url
+
+
+def unhost() -> None:
+    """For the Jupyter server extension, at the server's stop: the hosted engine stops (as ``shutdown``) and
+    this process chooses its client as any other does again."""
+    global _hosted
+    with _lock:
+        shutdown()
+        _hosted = None
+
+
+def engine_info() -> dict[str, Any]:
+    """Where the engine that the module functions use runs, starting it if needed: ``where`` ("embedded": in
+    this process; "server": in a Jupyter server, reached over HTTP, or this process is that server), ``url``
+    (the server's, else None), ``pid`` (of the engine's process), ``home``, ``store`` (its DuckDB file),
+    ``backend`` ("loky") and ``found`` (how this process found the server: "env" (``SCF_NB_SERVER``, set by the
+    server that started this kernel), "discovery file" (``<home>/server.json``), "this process" (it hosts the
+    engine); None for an embedded engine)."""
+    c = client()
+    if isinstance(c, Client):
+        cfg = c.engine.config
+        return {"where": "embedded" if _hosted is None else "server",
+                "url": None if _hosted is None else _hosted["url"], "pid": os.getpid(), "home": str(cfg.home),
+                "store": str(cfg.db_path), "backend": c.engine.backend.info().get("backend"),
+                "found": None if _hosted is None else "this process"}
+    info: dict[str, Any] = c.engine_info() if isinstance(c, HttpClient) else {"where": "unknown"}
+    info["found"] = _server[1] if _server is not None else None
+    return info
+
+
 def shutdown() -> None:
-    """Stop the default engine: instances die, running events become FAILED, the store is closed."""
-    global _client
+    """Stop the default engine: instances die, running events become FAILED, the store is closed. When it is a
+    Jupyter server's, only disconnect: that engine runs on."""
+    global _client, _server
     with _lock:
         if _client is not None:
             _client.close()
-            _client = None
+            _client, _server = None, None
 
 
 # The module-level functions: the protocol's methods on the default client. Each one's docstring is the
@@ -203,7 +294,7 @@ def search_logs(text: str, *, function: str | None = None, namespace: str | None
 
 
 @documented
-def follow(request_id: str, *, since_seq: int | None = None, timeout: float | None = None) -> LogFollower:
+def follow(request_id: str, *, since_seq: int | None = None, timeout: float | None = None) -> Follower:
     return client().follow(request_id, since_seq=since_seq, timeout=timeout)
 
 

@@ -276,3 +276,47 @@ def test_the_views_use_only_the_protocol_side() -> None:
         if wrong:
             bad[path.name] = wrong
     assert bad == {}
+
+
+# -- the server extension: the only package that imports tornado or jupyter_server, on the protocol side ---------
+SERVER_MAY_USE = {"api", "core.errors", "core.status", "clients.protocol", "clients.wire", "clients.discovery",
+                  "store.observe", "store.follow"}
+WEB = ("tornado", "jupyter_server")
+
+
+def web_imports(source: str) -> list[tuple[int, str]]:
+    """The imports of tornado or jupyter_server in ``source`` (anywhere in it)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+            [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+        found += [(node.lineno, n) for n in names if n.split(".")[0] in WEB]
+    return found
+
+
+def test_the_web_check_finds_imports() -> None:
+    source = "import tornado.web\nfrom jupyter_server.base.handlers import APIHandler\nfrom . import x\n"
+    assert web_imports(source) == [(1, "tornado.web"), (2, "jupyter_server.base.handlers")]
+
+
+def test_only_the_server_package_imports_tornado_or_jupyter_server() -> None:
+    assert found_outside(web_imports, lambda name: name.startswith("server/")) == {}
+
+
+def test_the_server_uses_only_the_protocol_side() -> None:
+    """``scf_nb.server`` reaches the engine through the client protocol (and ``api`` for hosting it): never the
+    engine, the backend, the store or its queries, nor the embedded client itself."""
+    bad = {}
+    for path in sorted((PACKAGE / "server").rglob("*.py")):
+        package = ".".join(["scf_nb", *path.relative_to(PACKAGE).parent.parts])
+        wrong = [(line, name) for line, name in own_imports(path.read_text(), package)
+                 if name not in SERVER_MAY_USE and not any(name.startswith(m + ".") for m in SERVER_MAY_USE)]
+        if wrong:
+            bad[path.name] = wrong
+    assert bad == {}
+
+
+def test_the_http_client_loads_no_jupyter_code() -> None:
+    """A plain script can use it: the HTTP client, its wire codec and discovery load no Jupyter or web code."""
+    assert loaded_after("import scf_nb.clients.http, scf_nb.clients.wire, scf_nb.clients.discovery",
+                        JUPYTER) == []

@@ -21,7 +21,7 @@ from ..core.results import decode as decode_result
 from ..core.status import Status
 from ..engine.engine import Engine
 from ..store import query
-from ..store.follow import LogFollower, follow_arguments
+from ..store.follow import Follower, follow_arguments
 from ..store.observe import Changes, Subscription
 from ..store.query import EVENT_LIST_COLUMNS as EVENT_LIST_COLUMNS
 from ..store.query import INFO_COLUMNS as _INFO_COLUMNS
@@ -126,9 +126,12 @@ class Client:
         return WaitResult(done, not_done)
 
     def event_result(self, request_id: str, timeout: float | None = None) -> Any:
+        return decode_result(*self.stored_result(request_id, timeout), request_id)
+
+    def stored_result(self, request_id: str, timeout: float | None = None) -> tuple[str | None, bytes | None]:
         status = self.wait_event(request_id, timeout)
         if status == Status.FINISHED:
-            return decode_result(*self._result_of(request_id), request_id)
+            return self._result_of(request_id)
         rec = self._record(request_id)
         if status == Status.FAILED:
             raise FunctionError(request_id, rec["error_type"] or "Error", rec["error_message"] or "",
@@ -189,7 +192,7 @@ class Client:
         return query.search_logs(self.engine.store, query.SearchFilter(text, function, namespace, limit))
 
     def follow(self, request_id: str, *, since_seq: int | None = None,
-               timeout: float | None = None) -> LogFollower:
+               timeout: float | None = None) -> Follower:
         after, limit = follow_arguments(since_seq, timeout)
         return self.engine.store.feed.follow(self._key(request_id), after, lambda: self._ended(request_id), limit)
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ..store.follow import LogFollower
+    from ..store.follow import Follower
     from .protocol import ClientProtocol
 
 
@@ -52,7 +52,7 @@ class Event:
         """Every line the event wrote so far: columns ``seq, ts, stream, line``."""
         return self._client.logs(self.request_id, since_seq=since_seq, stream=stream)
 
-    def follow(self, since_seq: int | None = None, timeout: float | None = None) -> LogFollower:
+    def follow(self, since_seq: int | None = None, timeout: float | None = None) -> Follower:
         """Its log lines as they come, until it ends (see ``scf_nb.follow``)."""
         return self._client.follow(self.request_id, since_seq=since_seq, timeout=timeout)
 

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 import pandas as pd
 
 from ..core.functions import LATEST, Function
-from ..store.follow import LogFollower
+from ..store.follow import Follower
 from ..store.observe import Changes, Subscription
 from .events import Event
 
@@ -154,6 +154,16 @@ class ClientProtocol(Protocol):
         """
         ...
 
+    def stored_result(self, request_id: str, timeout: float | None = None) -> tuple[str | None, bytes | None]:
+        """The result as the store keeps it, not decoded: its JSON text and its pickle (None where there is
+        none), once the event has ended; ``event_result`` is ``results.decode`` of it. For a client that decodes
+        it elsewhere (the HTTP client decodes in its own process, so the value is what it would be here).
+
+        Raises:
+            FunctionError, EventAborted, TimeoutError: as ``event_result``.
+        """
+        ...
+
     def terminate(self, request_id: str, *, grace: bool = False, wait: bool = True) -> str:
         """Stop a queued or running traced event; it becomes ABORTED and no other event is touched.
 
@@ -242,7 +252,7 @@ class ClientProtocol(Protocol):
 
     # -- observing (no polling: each is fed by the store's commits) ----------------------------------------------
     def follow(self, request_id: str, *, since_seq: int | None = None,
-               timeout: float | None = None) -> LogFollower:
+               timeout: float | None = None) -> Follower:
         """An iterator over the event's log lines (``LogLine``: ``seq, ts, stream, line``) in ``seq`` order, each
         once: those stored (after ``since_seq``), then each one as the store commits it, until the event has
         ended and its last line was given; at once after the stored lines for an ended event. Untraced events'

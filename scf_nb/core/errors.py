@@ -44,11 +44,17 @@ class FunctionError(ScfError):
 
 
 class EventAborted(ScfError):
-    """``Event.result()`` of an event that was terminated (ABORTED)."""
+    """``Event.result()`` of an event that was terminated (ABORTED).
+
+    Attributes:
+        request_id: the event's RequestId.
+        reason: why it ended (its exit reason).
+    """
 
     def __init__(self, request_id: str, message: str = "the event was terminated") -> None:
         super().__init__("FailedOperation.AsyncEventStatus", f"event {request_id} was aborted: {message}")
         self.request_id = request_id
+        self.reason = message
 
 
 def not_found_event(request_id: Any) -> ScfError:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from ..core.config import ASYNC_MAX_EVENT_BYTES, SYNC_MAX_EVENT_BYTES
-from ..core.errors import ScfError, invalid
+from ..core.errors import ScfError
+from ..core.payload import encode_event as encode_event  # the check of the event, shared with the HTTP client
 
 
 class TokenBucket:
@@ -46,20 +45,3 @@ class Admission:
                                f"invocation rejected: over {which} ({bucket.rate:g}/s); no event was recorded")
         for bucket in buckets:
             bucket.tokens -= 1.0
-
-
-def encode_event(event: Any, async_run: bool) -> str:
-    """The event as JSON text within SCF's size limit (128 KB async, 6 MB sync)."""
-    if event is None:
-        return "{}"
-    try:
-        text = json.dumps(event, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise invalid("ClientContext", f"the event must be JSON data: {e}") from None
-    size = len(text) if text.isascii() else len(text.encode("utf-8"))
-    limit = ASYNC_MAX_EVENT_BYTES if async_run else SYNC_MAX_EVENT_BYTES
-    if size > limit:
-        kind = "async" if async_run else "sync"
-        raise invalid("ClientContext", f"the event is {size} bytes; {kind} events may be at most {limit} bytes "
-                                       f"({limit // 1024} KB)")
-    return text

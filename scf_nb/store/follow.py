@@ -13,6 +13,7 @@ from __future__ import annotations
 import operator
 import threading
 import time
+from abc import abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -107,9 +108,26 @@ class Tail:
             self.cond.notify()
 
 
-class LogFollower(Iterator[LogLine]):
-    """The iterator ``follow`` returns: every line of one event in ``seq`` order, each once, until the event has
-    ended and its last line was given (or the timeout passed). ``close()`` (or its ``with`` block) stops it."""
+class Follower(Iterator[LogLine]):
+    """What ``follow`` returns, whichever client made it (``LogFollower`` on an engine in this process, the HTTP
+    client's own over a server): an iterator of ``LogLine`` in ``seq`` order, each once, until the event has ended
+    and its last line was given (or the timeout passed). ``close()`` (or its ``with`` block) stops it early."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop following (idempotent; from any thread: one waiting in ``next`` returns); the event runs on."""
+
+    def __enter__(self) -> Follower:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LogFollower(Follower):
+    """The iterator ``follow`` returns on an engine in this process: every line of one event in ``seq`` order,
+    each once, until the event has ended and its last line was given (or the timeout passed). ``close()`` (or
+    its ``with`` block) stops it."""
 
     def __init__(self, feed: ChangeFeed, key: int, after_seq: int, ended: Callable[[], bool],
                  timeout: float | None) -> None:

@@ -69,6 +69,37 @@ class Changes:
     overflow: bool = False
 
 
+class Unread:
+    """Changes not yet taken by a listener, merged into one set, bounded: beyond ``MAX_PENDING_IDS`` ids it
+    holds only ``overflow``. True while it holds anything."""
+
+    __slots__ = ("events", "logs", "ended", "overflow")
+
+    def __init__(self) -> None:
+        self.events: set[str] = set()
+        self.logs: set[str] = set()
+        self.ended: set[str] = set()
+        self.overflow = False
+
+    def add(self, changes: Changes) -> None:
+        if not self.overflow:
+            self.events |= changes.events
+            self.logs |= changes.logs
+            self.ended |= changes.ended
+            if changes.overflow or len(self.events) + len(self.logs) > MAX_PENDING_IDS:
+                self.overflow = True
+                self.events, self.logs, self.ended = set(), set(), set()
+
+    def __bool__(self) -> bool:
+        return bool(self.events or self.logs or self.overflow)
+
+    def take(self) -> Changes:
+        """Everything held, as one ``Changes``; it holds nothing afterwards."""
+        changes = Changes(frozenset(self.events), frozenset(self.logs), frozenset(self.ended), self.overflow)
+        self.events, self.logs, self.ended, self.overflow = set(), set(), set(), False
+        return changes
+
+
 class Subscription:
     """A listener on the change feed: ``fn(changes)`` runs on this subscription's own thread after each commit
     that changed something (changes merged while it ran). ``close()``, or the end of its ``with`` block, stops
@@ -78,10 +109,7 @@ class Subscription:
         self._feed = feed
         self._fn = fn
         self._cond = threading.Condition()
-        self._events: set[str] = set()
-        self._logs: set[str] = set()
-        self._ended: set[str] = set()
-        self._overflow = False
+        self._unread = Unread()
         self._closed = False
         self._finishing = False  # the feed closes: deliver what is pending, then stop
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -107,17 +135,16 @@ class Subscription:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def push(self, changes: Changes) -> None:
+        """Hand ``changes`` to this subscription (merged with what it has not taken yet): what a feed does after
+        each commit; a client whose changes come from elsewhere (the HTTP client's stream) calls it too."""
+        self._offer(changes)
+
     def _offer(self, changes: Changes) -> None:
         with self._cond:
             if self._closed:
                 return
-            if not self._overflow:
-                self._events |= changes.events
-                self._logs |= changes.logs
-                self._ended |= changes.ended
-                if changes.overflow or len(self._events) + len(self._logs) > MAX_PENDING_IDS:
-                    self._overflow = True
-                    self._events, self._logs, self._ended = set(), set(), set()
+            self._unread.add(changes)
             self._cond.notify()
 
     def _finish(self, timeout: float) -> None:
@@ -130,13 +157,11 @@ class Subscription:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not (self._events or self._logs or self._overflow or self._closed or self._finishing):
+                while not (self._unread or self._closed or self._finishing):
                     self._cond.wait()
-                if self._closed or not (self._events or self._logs or self._overflow):
+                if self._closed or not self._unread:
                     return
-                changes = Changes(frozenset(self._events), frozenset(self._logs), frozenset(self._ended),
-                                  self._overflow)
-                self._events, self._logs, self._ended, self._overflow = set(), set(), set(), False
+                changes = self._unread.take()
             try:
                 self._fn(changes)
             except Exception:
@@ -244,7 +269,7 @@ class ChangeFeed:
                 raise
             if not has_ended or not self._take_callback(request_id, call):
                 return  # the callbacks' thread runs it (or has just taken it)
-        _call_back(call)
+        call_back(call)
 
     def _take_callback(self, request_id: str, call: Callable[[], Any]) -> bool:
         with self._lock:
@@ -264,12 +289,12 @@ class ChangeFeed:
         if changes.overflow:  # which ended is not known: ask each event that has callbacks (outside the lock)
             with self._lock:
                 waiting = [(rid, entry[0]) for rid, entry in self._callbacks.items()]
-            ids = {rid for rid, ended in waiting if _safely(ended)}
+            ids = {rid for rid, ended in waiting if safely_ended(ended)}
         with self._lock:
             due = [call for rid in ids if rid in self._callbacks for call in self._callbacks.pop(rid)[1]]
             self._refresh()
         for call in due:
-            _call_back(call)
+            call_back(call)
 
     def _refresh(self) -> None:
         """Observe the store while anyone listens (hold ``_lock``)."""
@@ -377,14 +402,16 @@ class ChangeFeed:
         return {names[k] for k in keys if k in names}
 
 
-def _safely(ended: Callable[[], bool]) -> bool:
+def safely_ended(ended: Callable[[], bool]) -> bool:
+    """``ended()``, where an error (the event is gone: purged) counts as ended: nothing will end it later."""
     try:
         return bool(ended())
     except Exception:
         return True  # gone (purged): nothing will end it later
 
 
-def _call_back(call: Callable[[], Any]) -> None:
+def call_back(call: Callable[[], Any]) -> None:
+    """Run a done callback; what it raises is logged (logger ``scf_nb``) and harms nothing."""
     try:
         call()
     except Exception:

@@ -22,7 +22,7 @@ from .hub import Shown, hub_for
 
 if TYPE_CHECKING:
     from ..clients.protocol import ClientProtocol
-    from ..store.follow import LogFollower
+    from ..store.follow import Follower
     from ..store.observe import Changes
 
 FLUSH_S = 0.1  # at most one batch of lines this often: <= 10 widget messages a second
@@ -106,7 +106,7 @@ class LogPane(Shown, widgets.VBox):
         self.messages = 0  # new values sent to the browser (one per batch)
         self._hub = hub_for(self._client)
         last = self._client.event_info(request_id)["log_seq"]  # an unknown id raises here, at once
-        self._follower: LogFollower = self._client.follow(request_id, since_seq=max(0, last - max_lines))
+        self._follower: Follower = self._client.follow(request_id, since_seq=max(0, last - max_lines))
         self._html = widgets.HTML(value=self._draw())
         self._earlier = widgets.Button(description="show earlier", disabled=True,
                                        layout=widgets.Layout(width="auto"))
