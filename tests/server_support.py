@@ -72,9 +72,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def jupyter_server(tmp: Path, home: Path | None = None, env: dict[str, str] | None = None) -> Iterator[Server]:
+def jupyter_server(tmp: Path, home: Path | None = None, env: dict[str, str] | None = None,
+                   args: tuple[str, ...] = ()) -> Iterator[Server]:
     """A ``jupyter server`` on a free loopback port, root folder ``tmp/root``, engine home ``home``
-    (default ``tmp/root/.scf_nb``, the extension's own default); stopped (SIGTERM, then SIGKILL) afterwards."""
+    (default ``tmp/root/.scf_nb``, the extension's own default), with more command-line ``args``; stopped
+    (SIGTERM, then SIGKILL) afterwards."""
     root, runtime, config = tmp / "root", tmp / "runtime", tmp / "config"
     for folder in (root, runtime, config / "jupyter_server_config.d"):
         folder.mkdir(parents=True, exist_ok=True)
@@ -92,7 +94,7 @@ def jupyter_server(tmp: Path, home: Path | None = None, env: dict[str, str] | No
     log = tmp / "server.log"
     cmd = [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root", "--ip=127.0.0.1",
            f"--port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-           f"--ServerApp.root_dir={root}"]
+           f"--ServerApp.root_dir={root}", *args]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=str(tmp))
     server = Server(f"http://127.0.0.1:{port}/", token, proc, home or root / ".scf_nb", root, runtime, tag, log)

@@ -75,15 +75,24 @@ class ScfNbApp(ExtensionApp):
         self.host.publish(info)
         self.log.info("scf_nb: engine at %s (REST under %s)", url, url_path_join(url, "scf/api/"))
         if self.tc_port:
-            # TODO(lead): connect the TencentCloud-style API here:
-            # from .tencentcloud import start
-            # self.tc_server = start(self.host.client, self.tc_port, self.secret_id, self.secret_key)
-            self.log.warning("scf_nb: tc_port=%s is set, but the TencentCloud-style API is not connected yet",
-                             self.tc_port)
+            self.start_tencentcloud()
+
+    def start_tencentcloud(self) -> None:
+        """The TencentCloud-style API on its own loopback port, over the hosted engine's client. Without keys (or
+        with the port taken) the error is logged and the port stays closed; the rest of the server runs on."""
+        from .tencentcloud import start
+
+        try:
+            self.tc_server = start(self.host.client, self.tc_port, self.secret_id, self.secret_key)
+        except (ScfError, OSError) as e:
+            self.log.error("scf_nb: the TencentCloud-style API on port %s did not start: %s", self.tc_port, e)
+            return
+        self.log.info("scf_nb: TencentCloud-style API at %s (SDK: HttpProfile(endpoint=\"%s:%s\", protocol=\"http\"))",
+                      self.tc_server.url, self.tc_server.host, self.tc_server.port)
 
     async def stop_extension(self) -> None:
         if self.tc_server is not None:
-            self.tc_server.stop()
+            await self.tc_server.aclose()
         await self.host.close(api.unhost)
 
 
