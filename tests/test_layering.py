@@ -279,8 +279,9 @@ def test_the_views_use_only_the_protocol_side() -> None:
 
 
 # -- the server extension: the only package that imports tornado or jupyter_server, on the protocol side ---------
-SERVER_MAY_USE = {"api", "core.errors", "core.status", "clients.protocol", "clients.wire", "clients.discovery",
-                  "store.observe", "store.follow"}
+# the domain's plain values (functions, results' JSON form) too: nothing of the engine, store or backend
+SERVER_MAY_USE = {"api", "core.errors", "core.status", "core.functions", "core.results", "clients.protocol",
+                  "clients.wire", "clients.discovery", "store.observe", "store.follow"}
 WEB = ("tornado", "jupyter_server")
 
 

@@ -82,6 +82,8 @@ class ScfNbApp(ExtensionApp):
         with the port taken) the error is logged and the port stays closed; the rest of the server runs on."""
         from .tencentcloud import start
 
+        if self.host.client is None:
+            return
         try:
             self.tc_server = start(self.host.client, self.tc_port, self.secret_id, self.secret_key)
         except (ScfError, OSError) as e:
