@@ -81,7 +81,7 @@ class RayBackend:
         self.acceptor = Acceptor(ray.util.get_node_ip_address(), self.key,
                                  lambda sock, hello: loop.post(self._on_hello, sock, hello))
         self.acceptor.start()
-        self.deaths = DeathWatch(lambda inst, text: loop.post(self._ray_died, inst, text))
+        self.deaths = DeathWatch(lambda inst, text, lost: loop.post(self._ray_died, inst, text, lost))
         self.deaths.start()
         self._close_at_exit = close_at_exit
         atexit.register(close_at_exit)  # before Ray's own exit handler (registered earlier, runs later)
@@ -180,7 +180,8 @@ class RayBackend:
     def cause_of_death(self, inst: Instance) -> Death:
         assert isinstance(inst, RayInstance)
         ray_says = inst.ray_cause or ""
-        if (inst.died and inst.died.get("node_lost")) or "node" in ray_says.lower() or "unavailable" in ray_says:
+        watchdog_says = inst.died.get("node_lost") if inst.died is not None else None
+        if watchdog_says or (watchdog_says is None and inst.ray_node_lost):  # (a watchdog on a live node knows)
             extra = f": {ray_says}" if ray_says else ""
             return Death(f"the Ray node {inst.node} running the instance was lost{extra}")
         if inst.died is not None:
@@ -263,9 +264,9 @@ class RayBackend:
             inst.conn.close()
             inst.conn = None
 
-    def _ray_died(self, inst: RayInstance, text: str) -> None:
+    def _ray_died(self, inst: RayInstance, text: str, node_lost: bool) -> None:
         """Ray says the actor is dead (or its node unreachable): the cause, and a loss if nobody asked."""
-        inst.ray_cause = text
+        inst.ray_cause, inst.ray_node_lost = text, node_lost
         if inst.state == REAPED:
             return
         if inst.conn is None and not inst.closed and inst.state != DYING:

@@ -36,6 +36,7 @@ class RayInstance(Instance):
         self.closed = False  # its channel reached EOF (or was never opened and will not be)
         self.died: dict[str, Any] | None = None  # what its watchdog said when the actor process ended
         self.ray_cause: str | None = None  # what Ray said about its death
+        self.ray_node_lost = False  # ... and whether it said its node was lost
         self.cause_until = 0.0
         self.mem = 0  # the newest sample of its tree's memory (a limited function), bytes
         self.settling = False
@@ -87,9 +88,9 @@ class Acceptor(threading.Thread):
 
 class DeathWatch(threading.Thread):
     """Waits on every live instance's serve call: Ray ends it with an error when the actor dies (killed,
-    its node lost); ``report(inst, text)`` gets Ray's explanation."""
+    its node lost); ``report(inst, text, node_lost)`` gets Ray's explanation."""
 
-    def __init__(self, report: Callable[[RayInstance, str], None]) -> None:
+    def __init__(self, report: Callable[[RayInstance, str, bool], None]) -> None:
         super().__init__(name="scf_nb-ray-deaths", daemon=True)
         import ray
 
@@ -129,10 +130,11 @@ class DeathWatch(threading.Thread):
                     continue
                 try:
                     ray.get(ref, timeout=0)
-                    text = "its serve call returned"
+                    text, node_lost = "its serve call returned", False
                 except Exception as e:
                     text = _why(e)
-                self.report(inst, text)
+                    node_lost = type(e).__name__ == "ActorUnavailableError" or "its node has died" in text
+                self.report(inst, text, node_lost)
 
     def stop(self) -> None:
         self.stopped = True
@@ -145,6 +147,8 @@ def _why(e: Exception) -> str:
     for line in text.splitlines():
         line = line.strip()
         if line.startswith("The actor is dead because") or line.startswith("The actor died because"):
+            for tail in (" Some common causes", " There are some potential root causes"):
+                line = line.split(tail)[0]
             return line
     first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
     return f"{type(e).__name__}: {first}"
