@@ -88,3 +88,41 @@ def test_the_engine_describes_its_backend(ray_scf: Any, ray_cluster: Any) -> Non
     assert info["backend"] == "ray" and info["nodes"] == 2
     assert info["ray_address"] == ray_cluster.address
     assert info["engine_address"].startswith("127.0.0.1:")
+
+
+LEAVES = '''
+import subprocess, sys
+def main_handler(event, context):
+    if event.get("leave"):  # a process that outlives the event and writes after it ended
+        subprocess.Popen(["sh", "-c", "sleep 1; echo late line"])
+    print("event", event.get("n"), flush=True)
+    return event.get("n")
+'''
+
+
+def test_a_process_left_behind_writes_to_its_own_event(ray_scf: Any) -> None:
+    ray_scf.create_function("f", LEAVES, async_run=True, concurrency=1)
+    first = ray_scf.invoke("f", {"n": 1, "leave": True})
+    assert first.result(timeout=60) == 1
+    second = ray_scf.invoke("f", {"n": 2})
+    assert second.result(timeout=60) == 2
+    wait_until(lambda: "late line" in lines(first), 30, "the leftover's line in the first event's log")
+    assert lines(second) == ["event 2"]
+
+
+HUNGRY = '''
+import time
+def main_handler(event, context):
+    data = bytearray(400 << 20)
+    for i in range(0, len(data), 4096):
+        data[i] = 1
+    time.sleep(30)
+'''
+
+
+def test_memory_limit_on_ray(ray_scf: Any) -> None:
+    ray_scf.create_function("f", HUNGRY, async_run=True, memory_mb=200)
+    ev = ray_scf.invoke("f")
+    assert ev.wait(timeout=60) == "FAILED"
+    info = ev.info()
+    assert info["error_type"] == "MemoryLimitExceeded" and "memory_mb=200" in info["error_message"]
