@@ -122,7 +122,8 @@ def main() -> None:
             ray.kill(a)
         progress("plain actors", statistics.median(rt_actor))
 
-        scf_nb.configure(home=home, backend="ray", ray_address=address)
+        # a burst is invoked faster than SCF's default rate limit (max_qps 1000/s) would accept
+        scf_nb.configure(home=home, backend="ray", ray_address=address, max_qps=1e6)
         scf_nb.create_function("noop", NOOP, async_run=True, concurrency=2)
         scf_nb.wait([scf_nb.invoke("noop") for _ in range(50)], timeout=120)  # both actors started and warm
         rt_scf = timed(lambda: scf_nb.invoke("noop").wait(60), n_rt)
