@@ -37,7 +37,8 @@ _hosted: dict[str, Any] | None = None  # set when this process is a Jupyter serv
 
 def configure(*, force: bool = False, **settings: Any) -> Config:
     """Set engine settings (``home``, ``max_workers``, ``retention_hours``, ``max_qps``, ``grace_seconds``,
-    ``idle_instance_seconds``, ``flush_interval``, ``store_memory_mb``, ``warm_spare``, ``clock``); returns the
+    ``idle_instance_seconds``, ``flush_interval``, ``store_memory_mb``, ``warm_spare``, ``memory_cgroups``,
+    ``backend``, ``ray_address``, ``clock``); returns the
     config in force. With no arguments, returns the current config and changes nothing.
 
     ``SCF_NB_<SETTING>`` environment variables give the defaults; settings given stick for later calls. A
@@ -46,7 +47,8 @@ def configure(*, force: bool = False, **settings: Any) -> Config:
     - settings equal to the current ones (the same ``home`` again): nothing happens, everything runs on;
     - a change of ``max_workers``, ``retention_hours``, ``max_qps``, ``grace_seconds``,
       ``idle_instance_seconds`` or ``clock`` only: applied to the running engine at once;
-    - a change of anything else (``home``, ``flush_interval``, ``store_memory_mb``, ``warm_spare``) needs a new
+    - a change of anything else (``home``, ``flush_interval``, ``store_memory_mb``, ``warm_spare``,
+      ``backend``, ``ray_address``) needs a new
       engine: with no event queued or running this one stops and the next call starts one; otherwise refused.
 
     Args:
@@ -204,10 +206,12 @@ def shutdown() -> None:
 def create_function(name: str, code: str, *, async_run: bool = False, trace: bool = True,
                     timeout: float | None = None, concurrency: int | None = None, qps_limit: float | None = None,
                     handler: str = "main_handler", namespace: str = "default", env: dict[str, str] | None = None,
-                    memory_mb: int | None = None, description: str = "") -> Function:
+                    memory_mb: int | None = None, description: str = "", num_cpus: float | None = None,
+                    num_gpus: float | None = None, resources: dict[str, float] | None = None) -> Function:
     return client().create_function(name, code, async_run=async_run, trace=trace, timeout=timeout,
                                     concurrency=concurrency, qps_limit=qps_limit, handler=handler,
-                                    namespace=namespace, env=env, memory_mb=memory_mb, description=description)
+                                    namespace=namespace, env=env, memory_mb=memory_mb, description=description,
+                                    num_cpus=num_cpus, num_gpus=num_gpus, resources=resources)
 
 
 @documented

@@ -105,6 +105,9 @@ class ScfMagics(Magics):
     @argument("--no-trace", dest="trace", action="store_false", help="do not record event statuses")
     @argument("--env", nargs="*", default=[], metavar="K=V", help="environment variables of its instances")
     @argument("--memory", type=int, help="memory limit in MB; an instance over it is killed (FAILED)")
+    @argument("--num-cpus", type=float, help="CPUs each instance holds on a Ray cluster (backend 'ray')")
+    @argument("--num-gpus", type=float, help="GPUs each instance holds on a Ray cluster (backend 'ray' only)")
+    @argument("--resources", help="custom Ray resources of each instance as JSON, e.g. '{\"accel\": 1}'")
     @argument("--description", default="")
     @cell_magic
     def scf_function(self, line: str, cell: str) -> None:
@@ -123,9 +126,16 @@ class ScfMagics(Magics):
             if not sep or not key:
                 raise UsageError(f"scf_function: --env takes KEY=VALUE pairs, got {item!r}")
             env[key] = value
+        resources = None
+        if args.resources:
+            try:
+                resources = json.loads(_unquote(args.resources))
+            except ValueError as e:
+                raise UsageError(f"scf_function: --resources takes a JSON object: {e}") from None
         fn = _call(api.create_function, _unquote(args.name), cell, async_run=args.async_run, trace=args.trace,
                    timeout=args.timeout, concurrency=args.concurrency, qps_limit=args.qps, handler=args.handler,
-                   namespace=args.namespace, env=env, memory_mb=args.memory, description=args.description)
+                   namespace=args.namespace, env=env, memory_mb=args.memory, description=args.description,
+                   num_cpus=args.num_cpus, num_gpus=args.num_gpus, resources=resources)
         mode = "async" if fn.async_run else "sync"
         print(f"scf_nb: {fn.namespace}/{fn.name} ($LATEST, {mode}, timeout {fn.effective_timeout:g} s) is ready")
 

@@ -8,10 +8,15 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import scf_nb
+
+# tests/ray needs a network namespace of its own (Ray binds to the machine's interface otherwise): it runs only
+# as tests/test_ray.py's subprocess, inside one, which sets this
+collect_ignore = [] if os.environ.get("SCF_NB_RAY_TESTS") else ["ray"]
 
 
 @pytest.fixture
@@ -95,3 +100,32 @@ def clock(scf: object) -> Iterator[Clock]:
         yield fake
     finally:
         scf_nb.configure(clock=time.time)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Any]:
+    """A real Ray cluster of two nodes with 1 CPU each on this machine (loopback only: tests/ray runs in a
+    network namespace with only ``lo``), this process connected to it as the driver."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address, log_to_driver=False)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture
+def ray_scf(home: Path, ray_cluster: Any) -> Iterator[Any]:
+    """The ``scf_nb`` module with a fresh engine whose instances are actors on ``ray_cluster``."""
+    scf_nb.configure(home=home, grace_seconds=2.0, backend="ray", ray_address=ray_cluster.address)
+    try:
+        yield scf_nb
+    finally:
+        scf_nb.shutdown()
+        scf_nb.configure(backend="loky", ray_address=None)

@@ -51,7 +51,7 @@ def test_every_core_module_imports_no_jupyter_code() -> None:
     them (``magics.py``, ``widgets/``) may."""
     code = """
         import pkgutil, importlib
-        for package in ("core", "engine", "store", "clients", "instances", "instances.loky"):
+        for package in ("core", "engine", "store", "clients", "instances", "instances.loky", "instances.ray"):
             path = importlib.import_module("scf_nb." + package).__path__
             for m in pkgutil.iter_modules(path, f"scf_nb.{package}."):
                 importlib.import_module(m.name)
@@ -79,6 +79,24 @@ def test_package_import_is_light() -> None:
 
 def test_worker_import_is_light() -> None:
     assert loaded_after("import scf_nb.instances.loky.worker", HEAVY + JUPYTER) == []
+
+
+def test_ray_is_imported_only_when_chosen(tmp_path: Any) -> None:
+    """Ray is an optional extra: a loky engine that runs an event, and every module of the Ray backend, load
+    none of it; what runs on a Ray node beside the actor (its watchdog) loads nothing heavy either."""
+    code = f"""
+        import pkgutil, importlib
+        import scf_nb, scf_nb.instances.ray
+        for m in pkgutil.iter_modules(scf_nb.instances.ray.__path__, "scf_nb.instances.ray."):
+            importlib.import_module(m.name)
+        scf_nb.configure(home={str(tmp_path / "store")!r})
+        scf_nb.create_function("f", "def main_handler(event, context):\\n    return 1\\n", async_run=True)
+        assert scf_nb.invoke("f").result(timeout=60) == 1
+        scf_nb.shutdown()
+    """
+    assert loaded_after(code, ["ray"]) == []
+    for module in ("watchdog", "actor"):
+        assert loaded_after(f"import scf_nb.instances.ray.{module}", HEAVY + JUPYTER + ["ray"]) == []
 
 
 INSPECT = """
@@ -153,7 +171,8 @@ def test_only_the_api_chooses_the_client() -> None:
 
 # -- only the backend holds loky, pidfd and /proc detail --------------------------------------------------------
 LOKY_BACKEND = "instances/loky/"
-FACTORY = "instances/__init__.py"  # open_backend: the one place that names the loky backend
+RAY_BACKEND = "instances/ray/"  # the second backend: it reuses the loky worker's runner, capture and /proc code
+FACTORY = "instances/__init__.py"  # open_backend: the one place that names the backends
 
 
 def backend_details(source: str) -> list[tuple[int, str]]:
@@ -191,8 +210,25 @@ def test_the_backend_check_finds_details() -> None:
 def test_only_the_loky_backend_holds_loky_pidfd_or_proc_detail() -> None:
     """The engine, the store, the client and the domain reach instances only through the backend interface:
     nothing outside ``instances/loky/`` (and the factory that opens it) imports loky or the loky backend, opens
-    a pidfd or reads /proc."""
-    assert found_outside(backend_details, lambda name: name.startswith(LOKY_BACKEND) or name == FACTORY) == {}
+    a pidfd or reads /proc (``instances/ray/`` is a backend too)."""
+    assert found_outside(backend_details, lambda name: name.startswith((LOKY_BACKEND, RAY_BACKEND))
+                         or name == FACTORY) == {}
+
+
+def ray_imports(source: str) -> list[int]:
+    """The lines of ``source`` that import Ray."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else [
+            node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+        if any(n.split(".")[0] == "ray" for n in names):
+            found.append(node.lineno)
+    return found
+
+
+def test_only_the_ray_backend_imports_ray() -> None:
+    assert ray_imports("import ray\nfrom ray.util import x\nfrom .ray import backend\n") == [1, 2]
+    assert found_outside(ray_imports, lambda name: name.startswith(RAY_BACKEND)) == {}
 
 
 # -- only the event table moves a status ------------------------------------------------------------------------

@@ -56,10 +56,12 @@ class Client:
                         timeout: float | None = None, concurrency: int | None = None,
                         qps_limit: float | None = None, handler: str = "main_handler",
                         namespace: str = "default", env: dict[str, str] | None = None,
-                        memory_mb: int | None = None, description: str = "") -> Function:
+                        memory_mb: int | None = None, description: str = "", num_cpus: float | None = None,
+                        num_gpus: float | None = None, resources: dict[str, float] | None = None) -> Function:
         fn = make_function(name, code, async_run=async_run, trace=trace, timeout=timeout,
                            concurrency=concurrency, qps_limit=qps_limit, handler=handler, namespace=namespace,
-                           env=env, memory_mb=memory_mb, description=description)
+                           env=env, memory_mb=memory_mb, description=description, num_cpus=num_cpus,
+                           num_gpus=num_gpus, resources=resources)
         return self.engine.create_function(fn)
 
     def publish_version(self, name: str, *, namespace: str = "default", description: str = "") -> str:
@@ -71,7 +73,8 @@ class Client:
     def list_functions(self, *, namespace: str | None = None) -> pd.DataFrame:
         rows = [fn.as_dict() for fn in self.engine.registry.all() if namespace in (None, fn.namespace)]
         cols = ["name", "namespace", "version", "async_run", "trace", "timeout", "concurrency", "qps_limit",
-                "memory_mb", "handler", "description", "revision", "created_at", "updated_at"]
+                "memory_mb", "num_cpus", "num_gpus", "resources", "handler", "description", "revision", "created_at",
+                "updated_at"]
         frame = pd.DataFrame(rows, columns=cols)
         for c in ("created_at", "updated_at"):
             frame[c] = pd.to_datetime(frame[c], unit="s", utc=True).dt.tz_convert(_local_tz())

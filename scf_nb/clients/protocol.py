@@ -48,12 +48,19 @@ class ClientProtocol(Protocol):
                         timeout: float | None = None, concurrency: int | None = None,
                         qps_limit: float | None = None, handler: str = "main_handler",
                         namespace: str = "default", env: dict[str, str] | None = None,
-                        memory_mb: int | None = None, description: str = "") -> Function:
+                        memory_mb: int | None = None, description: str = "", num_cpus: float | None = None,
+                        num_gpus: float | None = None, resources: dict[str, float] | None = None) -> Function:
         """Register ``code`` as function ``name`` (its ``$LATEST``); the same name again updates it.
+
+        ``num_cpus``, ``num_gpus`` and ``resources`` (custom resources, name -> amount) are what each of its
+        instances holds on a Ray cluster (the ``ray`` backend: its actor's options; ``num_cpus`` defaults to
+        1 there). The ``loky`` backend runs instances on this machine: it takes ``num_cpus`` as a hint it
+        does not enforce and refuses ``num_gpus`` > 0 and custom resources.
 
         Raises:
             ScfError: ``InvalidParameterValue.Code`` (syntax error, with the line), ``.Handler`` (no such
-                top-level function), ``.AsyncRunEnable`` (sync/async differs from creation), other bad values.
+                top-level function), ``.AsyncRunEnable`` (sync/async differs from creation), ``.NumGpus`` /
+                ``.Resources`` (not available on this backend), other bad values.
         """
         ...
 

@@ -15,6 +15,7 @@ ASYNC_MAX_EVENT_BYTES = 128 * 1024
 SYNC_MAX_EVENT_BYTES = 6 * 1024 * 1024
 ASYNC_DEFAULT_TIMEOUT_S = 24 * 3600
 SYNC_DEFAULT_TIMEOUT_S = 15 * 60
+BACKENDS = ("loky", "ray")  # where instances run (``scf_nb.instances.open_backend``)
 # What a running engine takes at once (``Engine.reconfigure``); a change of any other setting needs a new engine.
 LIVE_SETTINGS = frozenset({"max_workers", "retention_hours", "max_qps", "grace_seconds", "idle_instance_seconds",
                            "clock"})
@@ -39,6 +40,12 @@ class Config:
             (the first event, or the one after an instance was replaced) needs no process start.
         memory_cgroups: enforce ``memory_mb`` with a memory cgroup per instance where the machine allows
             one (``Engine.memory_limit_mode`` says what is used); False: always the watchdog.
+        backend: where instances run: ``"loky"`` (processes on this machine, the default) or ``"ray"`` (Ray
+            actors on a cluster; ``pip install 'scf_nb[ray]'``). A change needs a new engine.
+        ray_address: the Ray cluster of the ``ray`` backend, as ``ray.init(address=...)`` takes it
+            (``"auto"``: the cluster running on this machine, ``"host:port"``, ``"ray://..."``). None: a Ray
+            already initialised in this process as it is, else Ray's own default (``RAY_ADDRESS``, else the
+            cluster started on this machine, else a new local one). A change needs a new engine.
         clock: the wall clock (seconds since the epoch); injectable for retention tests.
     """
 
@@ -52,6 +59,8 @@ class Config:
     store_memory_mb: int = 96
     warm_spare: bool = True
     memory_cgroups: bool = True
+    backend: str = "loky"
+    ray_address: str | None = None
     clock: Callable[[], float] = time.time
 
     def __post_init__(self) -> None:
@@ -92,6 +101,10 @@ class Config:
                 raise invalid("Config", f"{name} must be a positive number, got {value!r}")
         if not isinstance(self.grace_seconds, (int, float)) or self.grace_seconds < 0:
             raise invalid("Config", f"grace_seconds must be >= 0, got {self.grace_seconds!r}")
+        if self.backend not in BACKENDS:
+            raise invalid("Config", f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {self.backend!r}")
+        if self.ray_address is not None and (not isinstance(self.ray_address, str) or not self.ray_address.strip()):
+            raise invalid("Config", f"ray_address must be an address string or None, got {self.ray_address!r}")
         if not isinstance(self.memory_cgroups, bool):
             raise invalid("Config", f"memory_cgroups must be True or False, got {self.memory_cgroups!r}")
 
@@ -104,8 +117,11 @@ def from_environment(environ: dict[str, str] | None = None) -> Config:
         raw = environ.get(f"SCF_NB_{f.name.upper()}")
         if raw is None or f.name == "clock":
             continue
-        if f.name == "home":
-            changes["home"] = raw
+        if f.name in ("home", "backend"):
+            changes[f.name] = raw.strip() if f.name == "backend" else raw
+            continue
+        if f.name == "ray_address":
+            changes[f.name] = raw.strip() or None  # empty: Ray's own default
             continue
         if f.name in ("warm_spare", "memory_cgroups"):
             changes[f.name] = raw.strip().lower() not in ("0", "false", "no", "off", "")

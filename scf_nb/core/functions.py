@@ -35,6 +35,10 @@ class Function:
     env: Mapping[str, str] = field(default_factory=dict)
     memory_mb: int | None = None
     description: str = ""
+    # What each instance holds on a Ray cluster (the ray backend's actor options); loky refuses what it cannot give
+    num_cpus: float | None = None
+    num_gpus: float | None = None
+    resources: Mapping[str, float] = field(default_factory=dict)
     version: str = LATEST
     revision: int = 0
     created_at: float = 0.0
@@ -57,6 +61,7 @@ class Function:
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["env"] = dict(self.env)
+        d["resources"] = dict(self.resources)
         return d
 
 
@@ -118,9 +123,35 @@ def _positive(name: str, value: Any, kind: type = float) -> Any:
     return kind(value)
 
 
+def _amount(name: str, value: Any) -> float | None:
+    """A resource amount: None, or a number >= 0."""
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+        code = "".join(part.capitalize() for part in name.split("_"))
+        raise invalid(code, f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_resources(value: Any) -> dict[str, float]:
+    """Custom resources (name -> amount >= 0), as Ray's ``resources=`` takes them; CPU and GPU have their own."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and k for k in value):
+        raise invalid("Resources", f"resources must be a dict of resource names to amounts, got {value!r}")
+    out = {}
+    for k, v in value.items():
+        if k in ("CPU", "GPU"):
+            raise invalid("Resources", f"resources: give {k} as num_{k.lower()}s, not as a custom resource")
+        amount = _amount("resources", v)
+        assert amount is not None
+        out[k] = amount
+    return out
+
+
 def make_function(name: str, code: str, *, async_run: bool, trace: bool, timeout: Any, concurrency: Any,
                   qps_limit: Any, handler: str, namespace: str, env: Any, memory_mb: Any,
-                  description: str) -> Function:
+                  description: str, num_cpus: Any = None, num_gpus: Any = None, resources: Any = None) -> Function:
     """A checked ``$LATEST`` (revision and times are set by the registry)."""
     check_name("function", name)
     check_name("namespace", namespace)
@@ -135,6 +166,8 @@ def make_function(name: str, code: str, *, async_run: bool, trace: bool, timeout
         concurrency=_positive("concurrency", concurrency, int), qps_limit=_positive("qps_limit", qps_limit),
         env={k: str(v) for k, v in env.items()},
         memory_mb=_positive("memory_mb", memory_mb, int), description=str(description or ""),
+        num_cpus=_amount("num_cpus", num_cpus), num_gpus=_amount("num_gpus", num_gpus),
+        resources=check_resources(resources),
     )
 
 

@@ -190,7 +190,8 @@ class Dispatcher:
         self.backend.load(inst)
 
     def ensure_spare(self) -> None:
-        if self.settings.config.warm_spare and self.spare is None and not self.closing and not self.closed:
+        if (self.settings.config.warm_spare and self.backend.keeps_spare and self.spare is None
+                and not self.closing and not self.closed):
             self.spare = self.backend.start(None)
             self.instances.add(self.spare)
 

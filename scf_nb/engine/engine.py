@@ -110,6 +110,12 @@ class Engine:
         ``watchdog`` (samples every 10 ms, and each event's peak when it ends)."""
         return self.backend.memory_limit_mode
 
+    def describe(self) -> dict[str, Any]:
+        """Which instance backend runs this engine's events, and where: ``{"backend": "loky", "machine": ...,
+        "memory_limit_mode": ...}`` or ``{"backend": "ray", "ray_address": ..., "nodes": ...,
+        "engine_address": ..., "instances": ..., "memory_limit_mode": "watchdog"}``. Any thread."""
+        return self.backend.info()
+
     @property
     def loop_errors(self) -> int:
         return self.loop.errors

@@ -168,6 +168,9 @@ class Backend(Protocol):
 
     name: str
     mark: str  # this engine's owner mark: recorded in the store, so a later engine finds what this one left
+    # Whether a spare (``start(None)``) can serve any function later: not where an instance's resources are
+    # fixed when it starts (a Ray actor's). The engine keeps a warm spare only then (``Config.warm_spare``).
+    keeps_spare: bool
 
     def attach(self, host: Host) -> None:
         """Where reports go (the engine's parts call each other: set once, before any instance starts)."""

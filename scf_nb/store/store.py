@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS logs (event_key BIGINT, seq BIGINT, ts TIMESTAMPTZ, s
 CREATE TABLE IF NOT EXISTS functions (
     namespace VARCHAR, name VARCHAR, version VARCHAR, revision BIGINT, code VARCHAR, handler VARCHAR,
     async_run BOOLEAN, trace BOOLEAN, timeout DOUBLE, concurrency BIGINT, qps_limit DOUBLE, env JSON,
-    memory_mb BIGINT, description VARCHAR, created_at DOUBLE, updated_at DOUBLE);
+    memory_mb BIGINT, description VARCHAR, created_at DOUBLE, updated_at DOUBLE, num_cpus DOUBLE,
+    num_gpus DOUBLE, resources JSON);
 CREATE TABLE IF NOT EXISTS instances (pgid BIGINT, pid BIGINT, engine_pid BIGINT, mark VARCHAR);
 """
 # A store made by an earlier version gets the columns added since (in EVENT_COLUMNS' order; NULL in old rows).
@@ -56,6 +57,9 @@ MIGRATIONS = """
 ALTER TABLE events ADD COLUMN IF NOT EXISTS init_duration_ms DOUBLE;
 ALTER TABLE events ADD COLUMN IF NOT EXISTS result_pickle BLOB;
 ALTER TABLE instances ADD COLUMN IF NOT EXISTS mark VARCHAR;
+ALTER TABLE functions ADD COLUMN IF NOT EXISTS num_cpus DOUBLE;
+ALTER TABLE functions ADD COLUMN IF NOT EXISTS num_gpus DOUBLE;
+ALTER TABLE functions ADD COLUMN IF NOT EXISTS resources JSON;
 """
 PURGE_EVERY_S = 60.0
 HOLD_S = 0.5  # see Store.sync
@@ -98,7 +102,7 @@ SELECT namespace, function_name, status, CASE WHEN {_LIVE_SQL} THEN event_key EN
 FROM events WHERE traced GROUP BY ALL"""
 _FUNCTION_COLUMNS = ("namespace", "name", "version", "revision", "code", "handler", "async_run", "trace",
                      "timeout", "concurrency", "qps_limit", "env", "memory_mb", "description", "created_at",
-                     "updated_at")
+                     "updated_at", "num_cpus", "num_gpus", "resources")
 
 
 def open_database(path: Path, memory_mb: int) -> duckdb.DuckDBPyConnection:
@@ -386,6 +390,7 @@ class Store:
                        (fn.namespace, fn.name, fn.version))
             d = fn.as_dict()
             d["env"] = json.dumps(d["env"])
+            d["resources"] = json.dumps(d["resources"])
             self.later(f"INSERT INTO functions ({', '.join(_FUNCTION_COLUMNS)}) VALUES "
                        f"({', '.join('?' * len(_FUNCTION_COLUMNS))})", tuple(d[c] for c in _FUNCTION_COLUMNS))
         self.sync()
@@ -399,6 +404,7 @@ class Store:
         for row in self.cursor().execute(f"SELECT {', '.join(_FUNCTION_COLUMNS)} FROM functions").fetchall():
             d = dict(zip(_FUNCTION_COLUMNS, row, strict=True))
             d["env"] = json.loads(d["env"] or "{}")
+            d["resources"] = json.loads(d["resources"] or "{}")
             out.append(Function(**d))
         return out
 

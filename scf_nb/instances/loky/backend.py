@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ...core.errors import invalid
 from ..backend import Death, Host, Instance, InstanceRecords, Outcome
 from .cgroups import MemoryCgroups
 from .channels import Channels
@@ -45,6 +46,7 @@ class LokyBackend:
     """Instances as loky worker processes on this machine."""
 
     name = "loky"
+    keeps_spare = True
 
     def __init__(self, config: Config, loop: Loop, close_at_exit: Callable[[], None]) -> None:
         self.loop = loop
@@ -93,7 +95,16 @@ class LokyBackend:
         return self.cgroups.mode
 
     def validate(self, fn: Function) -> None:
-        return None  # every setting a function has applies here
+        """Instances here are processes on this machine: ``num_cpus`` is a hint (each instance is one process;
+        ``concurrency`` and ``max_workers`` bound them), GPUs and custom resources are not scheduled."""
+        if fn.num_gpus:
+            raise invalid("NumGpus", f"{fn.name}: num_gpus={fn.num_gpus:g} needs the ray backend (GPUs are scheduled "
+                                     f"on a Ray cluster); the loky backend runs instances on this machine: "
+                                     f"scf_nb.configure(backend='ray', ray_address=...)")
+        if fn.resources:
+            raise invalid("Resources", f"{fn.name}: custom resources {dict(fn.resources)} need the ray backend; "
+                                       f"the loky backend runs instances on this machine: "
+                                       f"scf_nb.configure(backend='ray', ray_address=...)")
 
     def recover(self, records: InstanceRecords) -> list[int]:
         """Kill what dead engines left running: every process with their mark, in any process group or
