@@ -175,7 +175,8 @@ def engine_info() -> dict[str, Any]:
     """Where the engine that the module functions use runs, starting it if needed: ``where`` ("embedded": in
     this process; "server": in a Jupyter server, reached over HTTP, or this process is that server), ``url``
     (the server's, else None), ``pid`` (of the engine's process), ``home``, ``store`` (its DuckDB file),
-    ``backend`` ("loky") and ``found`` (how this process found the server: "env" (``SCF_NB_SERVER``, set by the
+    ``backend`` ("loky" or "ray"), ``backend_info`` (``Engine.describe()``: e.g. the Ray cluster's address and nodes)
+    and ``found`` (how this process found the server: "env" (``SCF_NB_SERVER``, set by the
     server that started this kernel), "discovery file" (``<home>/server.json``), "this process" (it hosts the
     engine); None for an embedded engine)."""
     c = client()
@@ -183,7 +184,7 @@ def engine_info() -> dict[str, Any]:
         cfg = c.engine.config
         return {"where": "embedded" if _hosted is None else "server",
                 "url": None if _hosted is None else _hosted["url"], "pid": os.getpid(), "home": str(cfg.home),
-                "store": str(cfg.db_path), "backend": c.engine.backend.info().get("backend"),
+                "store": str(cfg.db_path), "backend": cfg.backend, "backend_info": c.engine.describe(),
                 "found": None if _hosted is None else "this process"}
     info: dict[str, Any] = c.engine_info() if isinstance(c, HttpClient) else {"where": "unknown"}
     info["found"] = _server[1] if _server is not None else None

@@ -98,10 +98,12 @@ class HttpClient:
                         timeout: float | None = None, concurrency: int | None = None,
                         qps_limit: float | None = None, handler: str = "main_handler",
                         namespace: str = "default", env: dict[str, str] | None = None,
-                        memory_mb: int | None = None, description: str = "") -> Function:
+                        memory_mb: int | None = None, description: str = "", num_cpus: float | None = None,
+                        num_gpus: float | None = None, resources: dict[str, float] | None = None) -> Function:
         body = {"name": name, "code": code, "async_run": async_run, "trace": trace, "timeout": timeout,
                 "concurrency": concurrency, "qps_limit": qps_limit, "handler": handler, "namespace": namespace,
-                "env": env, "memory_mb": memory_mb, "description": description}
+                "env": env, "memory_mb": memory_mb, "description": description, "num_cpus": num_cpus,
+                "num_gpus": num_gpus, "resources": resources}
         return wire.function_from(self._call("POST", "/functions", body=body)["function"])
 
     def publish_version(self, name: str, *, namespace: str = "default", description: str = "") -> str:

@@ -207,7 +207,7 @@ class ScfHandler(ExtensionHandlerMixin, APIHandler):
 
 # -- functions ------------------------------------------------------------------------------------------------
 FUNCTION_FIELDS = ("name", "code", "async_run", "trace", "timeout", "concurrency", "qps_limit", "handler",
-                   "namespace", "env", "memory_mb", "description")
+                   "namespace", "env", "memory_mb", "description", "num_cpus", "num_gpus", "resources")
 
 
 class FunctionsHandler(ScfHandler):
