@@ -34,14 +34,18 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'se
        "base-uri 'none'; form-action 'none'; frame-ancestors 'self'")
 
 
-class EventsPage(ExtensionHandlerMixin, JupyterHandler):
-    """The page itself: without a login (token or cookie) a browser is sent to Jupyter's login page."""
+class PageHandler(JupyterHandler):
+    """What the page's handlers share: Jupyter's authorization on the ``scf_nb`` resource and the CSP."""
 
     auth_resource = "scf_nb"
 
     @property
     def content_security_policy(self) -> str:
         return CSP
+
+
+class EventsPage(ExtensionHandlerMixin, PageHandler):
+    """The page itself: without a login (token or cookie) a browser is sent to Jupyter's login page."""
 
     @web.authenticated
     @authorized
@@ -54,14 +58,8 @@ class EventsPage(ExtensionHandlerMixin, JupyterHandler):
         self.finish(text)
 
 
-class PageFile(JupyterHandler, web.StaticFileHandler):
+class PageFile(PageHandler, web.StaticFileHandler):
     """The page's script and stylesheet, for logged-in users only (revalidated on each load: ETag)."""
-
-    auth_resource = "scf_nb"
-
-    @property
-    def content_security_policy(self) -> str:
-        return CSP
 
     @web.authenticated
     @authorized
