@@ -124,6 +124,7 @@ let running = 0; // refreshes in flight
 let dirty = false;
 let lastStart = -Infinity;
 let timer = null;
+let refreshFailed = false; // the message shown is a refresh's error (a terminate's stays)
 
 /** Something changed: refresh soon, at most once per REFRESH_MS, never two at a time. */
 function changed() {
@@ -169,9 +170,13 @@ async function refresh(now) {
     }
     drawCounts(rows(overview.overview));
     drawTable(rows(page.events));
-    if ($("message").className === "error") say("");
+    if (refreshFailed) say(""); // the server answers again
+    refreshFailed = false;
   } catch (e) {
-    if (mine === generation) say(e.message, true);
+    if (mine === generation) {
+      refreshFailed = true;
+      say(e.message, true);
+    }
   } finally {
     running -= 1;
     if (dirty) changed();
@@ -331,13 +336,23 @@ function drawLog() {
   $("log-latest").hidden = log.earlier === null;
 }
 
+let readingEarlier = false; // one "show earlier" at a time: a second click must not read the same window
+
 async function showEarlier() {
   const shown = log.earlier ?? log.tail;
   const first = shown.length ? shown[0].seq : log.last + 1;
-  if (first <= 1) return;
+  if (first <= 1 || readingEarlier) return;
   const since = Math.max(0, first - 1 - MAX_LINES);
   const rid = log.rid;
-  const { logs } = await get(`events/${encodeURIComponent(rid)}/logs`, { since_seq: since, limit: first - 1 - since });
+  readingEarlier = true;
+  $("log-earlier").disabled = true;
+  let logs;
+  try {
+    ({ logs } = await get(`events/${encodeURIComponent(rid)}/logs`, { since_seq: since, limit: first - 1 - since }));
+  } finally {
+    readingEarlier = false;
+    $("log-earlier").disabled = false;
+  }
   if (log.rid !== rid) return;
   log.earlier = rows(logs);
   $("log-lines").replaceChildren(...log.earlier.map(lineNode));
