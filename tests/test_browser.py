@@ -7,8 +7,6 @@ step go to ``test-artifacts/browser/``."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browser_support import CHROMIUM_ARGS, chromium
 from processes import kill_tagged, tagged_env
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -27,17 +26,6 @@ pytest.importorskip("jupyterlab")
 pytest.importorskip("ipywidgets")
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
-
-
-def chromium() -> str:
-    found = shutil.which("chromium")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium package)")
-        pytest.skip("no chromium on this machine: apt-get install chromium")
-    return found
 
 
 def free_port() -> int:

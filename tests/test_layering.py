@@ -357,3 +357,31 @@ def test_the_http_client_loads_no_jupyter_code() -> None:
     """A plain script can use it: the HTTP client, its wire codec and discovery load no Jupyter or web code."""
     assert loaded_after("import scf_nb.clients.http, scf_nb.clients.wire, scf_nb.clients.discovery",
                         JUPYTER) == []
+
+
+# The Event Management page (scf_nb/server/static): data goes into the DOM as text, and no code runs inline.
+MARKUP_SINKS = re.compile(r"\.(innerHTML|outerHTML)\b|insertAdjacentHTML|document\.write|\beval\s*\(|new Function\b"
+                          r"|<script(?![^>]*\bsrc=)[^>]*>|\son[a-z]+\s*=")
+
+
+def markup_sinks(source: str) -> list[tuple[int, str]]:
+    """The lines of ``source`` (the page's JS or HTML) that parse text as markup or code, or carry inline code."""
+    return [(n, m.group(0)) for n, line in enumerate(source.splitlines(), 1) for m in MARKUP_SINKS.finditer(line)]
+
+
+def test_the_markup_check_finds_sinks() -> None:
+    assert markup_sinks("a.textContent = x\nrow.innerHTML = x\nel.insertAdjacentHTML('a', x)\n") == [
+        (2, ".innerHTML"), (3, "insertAdjacentHTML")]
+    assert [hit for _, hit in markup_sinks('<script>go()</script>\n<img onerror="x">\n<script src="a.js">')] == [
+        "<script>", " onerror="]
+
+
+def test_the_page_puts_data_into_the_dom_as_text_only() -> None:
+    """The page's script builds nodes and sets ``textContent``/attributes, never markup from strings; its HTML
+    has no inline script or handler (its Content Security Policy would refuse them anyway); and ``page.py``
+    uses nothing of scf_nb: the page reaches the engine only through the REST API."""
+    static = PACKAGE / "server" / "static"
+    files = sorted(static.glob("*.js")) + sorted(static.glob("*.html"))
+    assert {p.suffix for p in files} == {".js", ".html"}
+    assert {p.name: markup_sinks(p.read_text()) for p in files} == {p.name: [] for p in files}
+    assert own_imports((PACKAGE / "server" / "page.py").read_text(), "scf_nb.server") == []

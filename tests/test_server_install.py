@@ -24,6 +24,7 @@ def test_the_wheel_installs_the_config_that_enables_the_extension(tmp_path: Path
         (config,) = [n for n in names if n.endswith(".data/data/" + CONFIG)]
         assert json.loads(z.read(config)) == {"ServerApp": {"jpserver_extensions": {"scf_nb.server": True}}}
         assert "scf_nb/server/openapi.json" in names and "scf_nb/server/extension.py" in names
+        assert {f"scf_nb/server/static/events.{x}" for x in ("html", "js", "css")} <= set(names)  # the page
 
 
 def test_the_extension_point_names_the_app() -> None:

@@ -20,6 +20,7 @@ from ..clients import discovery
 from ..core.errors import ScfError
 from .handlers import ROUTES
 from .host import EngineHost
+from .page import PAGE_ROUTES, page_url
 
 WILDCARD = ("", "0.0.0.0", "::")
 
@@ -62,7 +63,7 @@ class ScfNbApp(ExtensionApp):
         self.tc_server: Any = None
 
     def initialize_handlers(self) -> None:
-        self.handlers.extend(ROUTES)
+        self.handlers.extend([*ROUTES, *PAGE_ROUTES])
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         """The server listens now: its port is known."""
@@ -74,6 +75,7 @@ class ScfNbApp(ExtensionApp):
         api.hosted_at(url)
         self.host.publish(info)
         self.log.info("scf_nb: engine at %s (REST under %s)", url, url_path_join(url, "scf/api/"))
+        self.log.info("scf_nb: Event Management page at %s (log in as for Jupyter)", page_url(url))
         if self.tc_port:
             self.start_tencentcloud()
 
