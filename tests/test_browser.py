@@ -161,6 +161,9 @@ def drive(page: Any, lab: dict[str, Any], gates: Path) -> None:
     (gates / "ticker").write_text("")
     page.wait_for_function("() => document.querySelector('.scf-eventview .scf-head-line .scf-badge')"
                            ".textContent === 'FINISHED'")
+    # the notice comes with the done callback, a widget message of its own after the badge's: wait for it too
+    page.wait_for_function("() => (document.querySelector('.scf-eventview .scf-finished') || {}).textContent"
+                           "?.includes('finished:')")
     assert badge.inner_text() == "FINISHED" and "finished:" in view.locator(".scf-finished").inner_text()
     assert "ticks" in view.locator(".scf-outcome").inner_text()
     shot(page, "2-finished")
