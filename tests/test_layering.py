@@ -229,8 +229,8 @@ def test_only_the_event_table_moves_a_status() -> None:
 
 # of scf_nb's own packages, what the views may import: the client protocol's side, never the engine, the backend,
 # the store or its queries (the observation types are the store's, named in the protocol)
-VIEWS_MAY_USE = {"api", "core.errors", "core.status", "core.protocol", "clients.protocol", "clients.events",
-                 "store.observe", "store.follow"}
+VIEWS_MAY_USE = {"api", "core.errors", "core.status", "core.protocol", "core.readable", "clients.protocol",
+                 "clients.events", "store.observe", "store.follow"}
 OWN_PACKAGES = ("api", "core", "clients", "engine", "instances", "store", "magics")
 
 
