@@ -29,9 +29,11 @@ def clock(value: Any, with_date: bool = True, fmt: str | None = None) -> str:
 
 
 def duration(seconds: float | None) -> str:
-    """``850 ms``, ``12.3 s``, ``4 min 05 s``, ``2 h 03 min`` ('' for none)."""
+    """``0.4 ms``, ``850 ms``, ``12.3 s``, ``4 min 05 s``, ``2 h 03 min`` ('' for none)."""
     if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)) or seconds < 0:
         return ""
+    if seconds < 0.01:
+        return f"{seconds * 1000:.1f} ms"
     if seconds < 1:
         return f"{seconds * 1000:.0f} ms"
     if seconds < 60:
