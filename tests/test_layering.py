@@ -143,8 +143,9 @@ def test_only_the_store_layer_holds_sql() -> None:
 
 
 def test_only_the_api_chooses_the_client() -> None:
-    """Nothing outside ``scf_nb.api`` (and the core itself) makes a Client or an Engine or reaches for one."""
-    for path in sorted(PACKAGE.glob("*.py")):
+    """Nothing outside ``scf_nb.api`` (and the core itself) makes a Client or an Engine or reaches for one: not
+    the top-level adapters, not the CLI."""
+    for path in sorted([*PACKAGE.glob("*.py"), *(PACKAGE / "cli").glob("*.py")]):
         if path.name == "api.py":
             continue
         text = path.read_text()
@@ -231,7 +232,10 @@ def test_only_the_event_table_moves_a_status() -> None:
 # the store or its queries (the observation types are the store's, named in the protocol)
 VIEWS_MAY_USE = {"api", "core.errors", "core.status", "core.protocol", "core.readable", "clients.protocol",
                  "clients.events", "store.observe", "store.follow"}
-OWN_PACKAGES = ("api", "core", "clients", "engine", "instances", "store", "magics")
+OWN_PACKAGES = ("api", "core", "clients", "engine", "instances", "store", "magics", "cli")
+# the CLI: the same, plus the embedded Client class (to know whether the engine runs in its own process) and
+# its own modules
+CLI_MAY_USE = VIEWS_MAY_USE | {"clients.embedded.Client", "cli"}
 
 
 def own_imports(source: str, package: str = "scf_nb.widgets") -> list[tuple[int, str]]:
@@ -264,15 +268,35 @@ def test_the_import_check_finds_own_imports() -> None:
     assert own_imports("from .. import api\nfrom .hub import hub_for\nimport ipywidgets\n") == [(1, "api")]
 
 
+def protocol_side_breaches(folder: str, allowed: set[str]) -> dict[str, list[tuple[int, str]]]:
+    """The imports of scf_nb's other packages by the modules under ``folder`` that ``allowed`` does not cover."""
+    bad = {}
+    for path in sorted((PACKAGE / folder).rglob("*.py")):
+        package = ".".join(["scf_nb", *path.relative_to(PACKAGE).parent.parts])
+        wrong = [(line, name) for line, name in own_imports(path.read_text(), package)
+                 if name not in allowed and not any(name.startswith(m + ".") for m in allowed)]
+        if wrong:
+            bad[path.name] = wrong
+    return bad
+
+
 def test_the_views_use_only_the_protocol_side() -> None:
     """``scf_nb.widgets`` reaches the engine only through the client protocol: of scf_nb's other packages it
     imports the api, errors, statuses, the protocol, the Event handle and the observation types, never the
     engine, the backend, the store or the queries."""
-    bad = {}
-    for path in sorted((PACKAGE / "widgets").rglob("*.py")):
-        package = ".".join(["scf_nb", *path.relative_to(PACKAGE).parent.parts])
-        wrong = [(line, name) for line, name in own_imports(path.read_text(), package)
-                 if name not in VIEWS_MAY_USE and not any(name.startswith(m + ".") for m in VIEWS_MAY_USE)]
-        if wrong:
-            bad[path.name] = wrong
-    assert bad == {}
+    assert protocol_side_breaches("widgets", VIEWS_MAY_USE) == {}
+
+
+def test_the_cli_uses_only_the_protocol_side() -> None:
+    """``scf_nb.cli`` likewise (and the embedded Client, only to tell whether the engine runs in its process)."""
+    assert protocol_side_breaches("cli", CLI_MAY_USE) == {}
+    found = protocol_side_breaches("cli", VIEWS_MAY_USE | {"cli"})  # the check sees what the allowance covers
+    assert {name: [module for _, module in hits] for name, hits in found.items()} == {
+        "commands.py": ["clients.embedded.Client"]}
+
+
+def test_the_cli_loads_no_jupyter_code_and_parses_before_the_api_loads() -> None:
+    """Only ``scf-nb serve`` loads jupyter_server (on demand); the parser loads neither pandas nor DuckDB, so
+    ``--help`` and bad usage answer at once."""
+    assert loaded_after("import scf_nb.cli, scf_nb.cli.commands", JUPYTER) == []
+    assert loaded_after("import scf_nb.cli\nscf_nb.cli.parser.build().format_help()", HEAVY + JUPYTER) == []

@@ -20,25 +20,26 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from .. import api
-from ..core.errors import ScfError
-from .commands import COMMANDS, PROG, UsageError
 from .parser import build
-from .text import error_line
+
+PROG = "scf-nb"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand (``argv``: the arguments after the program's name); returns the exit status."""
-    parser = build(COMMANDS)
-    args = parser.parse_args(argv)
+    args = build().parse_args(argv)  # bad usage exits 2 here, before the API loads
     if args.command is None:
-        parser.print_help(sys.stderr)
+        build().print_help(sys.stderr)
         return 2
+    from .. import api
+    from ..core.errors import ScfError
+    from .commands import COMMANDS, UsageError
+    from .text import error_line
+
     try:
         if getattr(args, "home", None):
             api.configure(home=args.home)
-        status: int = args.run(args)
-        return status
+        return COMMANDS[args.command](args)
     except UsageError as e:
         args.parser.error(str(e))  # exits 2 after the subcommand's usage line, as argparse's own errors
     except ScfError as e:
@@ -60,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _close() -> None:
     """Let go of the client: an embedded engine stops (its store flushed); a server's runs on."""
+    from .. import api
+    from ..core.errors import ScfError
+
     try:
         api.shutdown()
     except (ScfError, KeyboardInterrupt):

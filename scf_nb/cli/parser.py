@@ -6,7 +6,6 @@ import argparse
 import re
 import textwrap
 import time
-from collections.abc import Callable
 from typing import Any
 
 from .. import __version__
@@ -54,8 +53,9 @@ class _Help(argparse.RawDescriptionHelpFormatter):
         super().__init__(prog, max_help_position=30)
 
 
-def build(commands: dict[str, Callable[[argparse.Namespace], int]]) -> argparse.ArgumentParser:
-    """The parser; each subcommand's ``run`` is its function in ``commands``, its ``parser`` itself (for errors)."""
+def build() -> argparse.ArgumentParser:
+    """The parser; it names each subcommand (``command``) and keeps its parser (``parser``, for errors). It
+    imports nothing heavy, so ``--help`` and bad usage answer before pandas or DuckDB load."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", metavar="DIR", default=argparse.SUPPRESS,
                         help="the store's folder (default: $SCF_NB_HOME, else ./.scf_nb)")
@@ -73,7 +73,7 @@ def build(commands: dict[str, Callable[[argparse.Namespace], int]]) -> argparse.
     def add(name: str, summary: str, examples: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=summary, description=summary, formatter_class=_Help,
                            epilog="examples:\n" + textwrap.indent(textwrap.dedent(examples).strip(), "  "))
-        p.set_defaults(run=commands[name], parser=p)
+        p.set_defaults(parser=p)
         return p
 
     _events(add("events", "List events, newest first, with the total the filters find.", """

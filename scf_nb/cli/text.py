@@ -22,8 +22,8 @@ def plain(value: Any) -> Any:
         return value
     if isinstance(value, float):
         return None if math.isnan(value) else value
-    if isinstance(value, datetime):  # a pandas Timestamp is one; NaT is not (caught below)
-        return value.isoformat()
+    if isinstance(value, datetime):  # a pandas Timestamp is one, and so is NaT (not equal to itself)
+        return None if value != value else value.isoformat()
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -31,7 +31,7 @@ def plain(value: Any) -> Any:
     item = getattr(value, "item", None)  # numpy scalars
     if callable(item) and getattr(value, "shape", None) == ():
         return plain(item())
-    return None if str(value) in ("NaT", "<NA>") else repr(value)
+    return None if str(value) == "<NA>" else repr(value)
 
 
 def records(frame: Any) -> list[dict[str, Any]]:
