@@ -9,18 +9,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from processes import kill_tagged, tagged_env
+from processes import free_port, kill_tagged, tagged_env, wait_for_server
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("jupyterlab")
@@ -38,12 +36,6 @@ def chromium() -> str:
             pytest.fail("chromium is not installed (.ci/run installs Debian's chromium package)")
         pytest.skip("no chromium on this machine: apt-get install chromium")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cell(source: str) -> dict[str, Any]:
@@ -97,15 +89,7 @@ def lab(tmp_path: Path) -> Iterator[dict[str, Any]]:
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2).read()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"JupyterLab did not start: {(tmp_path / 'lab.log').read_text()[-3000:]}")
-                time.sleep(0.1)
+        wait_for_server(url, token, server, tmp_path / "lab.log")
         yield {"url": url, "token": token, "root": root}
     finally:
         server.terminate()  # it shuts its kernels down

@@ -9,12 +9,10 @@ import json
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from conftest import GATE
-from processes import kill_tagged, stop, tagged_env
+from processes import free_port, kill_tagged, stop, tagged_env, wait_for_server
 
 import scf_nb
 from scf_nb.cli import text
@@ -305,13 +303,6 @@ def test_text_helpers() -> None:
 
 
 # -- with a server hosting the engine: scf-nb serve ---------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def served(cli_env: dict[str, str], scf: Any, home: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """``scf-nb serve`` on a store with the gated function, answering /api/status; stopped (SIGTERM, then a
@@ -328,16 +319,7 @@ def served(cli_env: dict[str, str], scf: Any, home: Path, tmp_path: Path) -> Ite
         url = f"http://127.0.0.1:{port}/"
         out = Lines(proc)
         assert f"{url}?token={token}" in out.next() + out.next()  # it says where, with the token
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}api/status?token={token}", timeout=5) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"scf-nb serve did not answer: {(tmp_path / 'serve.log').read_text()}")
-                time.sleep(0.05)
+        wait_for_server(url, token, proc, tmp_path / "serve.log")
         yield {"proc": proc, "url": url, "token": token}
     finally:
         if proc.poll() is None:
