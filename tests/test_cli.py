@@ -308,7 +308,7 @@ def served(cli_env: dict[str, str], scf: Any, home: Path, tmp_path: Path) -> Ite
     """``scf-nb serve`` on a store with the gated function, answering /api/status; stopped (SIGTERM, then a
     kill if it hangs) afterwards."""
     pytest.importorskip("scf_nb.server")
-    scf.create_function("gated", GATED, async_run=True)
+    scf.create_function("gated", GATED, async_run=True, concurrency=3)  # three run at once (default: CPUs)
     scf.shutdown()
     port, token = free_port(), "cli-test-token"
     log = (tmp_path / "serve.log").open("w")  # jupyter's log: a file, never a pipe that could fill and block it
@@ -340,6 +340,20 @@ def test_serve_stops_on_a_signal_with_the_store_complete(served: dict[str, Any],
     assert served["proc"].wait(timeout=60) == 0
     scf = reopen(home)  # the store is free again: the engine let go of it
     assert scf.list_functions()["name"].tolist() == ["gated"]
+
+
+def test_serve_refuses_a_store_another_process_holds(cli_env: dict[str, str], scf: Any, home: Path,
+                                                    tmp_path: Path) -> None:
+    """A server whose engine cannot start (this test's engine holds the store) would serve nothing: it says why
+    and exits 1."""
+    pytest.importorskip("scf_nb.server")
+    scf.list_functions()  # this process's engine holds the store
+    served = subprocess.run([sys.executable, "-m", "scf_nb.cli", "serve", "--home", str(home), "--port",
+                             str(free_port()), "--root-dir", str(tmp_path)], capture_output=True, text=True,
+                            env=cli_env, timeout=120)
+    assert served.returncode == 1
+    assert served.stderr.splitlines()[-1].startswith(
+        f"scf-nb: [FailedOperation.Serve] the engine of {home} did not start: [FailedOperation.StoreLocked]")
 
 
 def test_serve_hosts_the_engine_for_the_other_commands(cli_env: dict[str, str], served: dict[str, Any],

@@ -16,6 +16,7 @@ from types import FrameType
 from typing import Any
 
 from .. import api
+from ..clients.embedded import Client
 from ..core.errors import ScfError
 
 EXTENSION = "scf_nb.server"
@@ -56,6 +57,7 @@ def serve(*, ip: str, port: int | None, tc_port: int | None, token: str | None, 
         app.initialize(argv=server_argv(ip, port, tc_port, token, root_dir))
     except Exception as e:  # an extension that failed to load (reraised, see server_argv)
         raise ScfError("FailedOperation.Serve", f"the server did not start: {type(e).__name__}: {e}") from None
+    hosting(home)
     stopping: list[int] = []
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -68,6 +70,21 @@ def serve(*, ip: str, port: int | None, tc_port: int | None, token: str | None, 
     announce(app, home, tc_port)
     app.start()  # returns once stopped: extensions (the engine) and kernels shut down
     return 0
+
+
+def hosting(home: Any) -> None:
+    """The extension started the engine in this process (a server that cannot host it, because another process
+    holds the store, would serve nothing: refuse to).
+
+    Raises:
+        ScfError: ``FailedOperation.Serve`` naming why the engine did not start.
+    """
+    try:
+        here = isinstance(api.client(), Client)
+    except ScfError as e:
+        raise ScfError("FailedOperation.Serve", f"the engine of {home} did not start: [{e.code}] {e.message}") from None
+    if not here:
+        raise ScfError("FailedOperation.Serve", f"the engine of {home} runs in another process, not this server")
 
 
 def announce(app: Any, home: Any, tc_port: int | None) -> None:
