@@ -307,7 +307,7 @@ def test_text_helpers() -> None:
 def served(cli_env: dict[str, str], scf: Any, home: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """``scf-nb serve`` on a store with the gated function, answering /api/status; stopped (SIGTERM, then a
     kill if it hangs) afterwards."""
-    pytest.importorskip("scf_nb.server")
+    pytest.importorskip("scf_nb.server.extension")  # the extension (ScfNbApp)
     scf.create_function("gated", GATED, async_run=True, concurrency=3)  # three run at once (default: CPUs)
     scf.shutdown()
     port, token = free_port(), "cli-test-token"
@@ -346,7 +346,7 @@ def test_serve_refuses_a_store_another_process_holds(cli_env: dict[str, str], sc
                                                     tmp_path: Path) -> None:
     """A server whose engine cannot start (this test's engine holds the store) would serve nothing: it says why
     and exits 1."""
-    pytest.importorskip("scf_nb.server")
+    pytest.importorskip("scf_nb.server.extension")  # the extension (ScfNbApp)
     scf.list_functions()  # this process's engine holds the store
     served = subprocess.run([sys.executable, "-m", "scf_nb.cli", "serve", "--home", str(home), "--port",
                              str(free_port()), "--root-dir", str(tmp_path)], capture_output=True, text=True,
