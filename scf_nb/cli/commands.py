@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import api
 from ..clients.embedded import Client
+from ..clients.events import Event
 from ..core import readable
 from ..core.errors import ScfError
 from . import text
@@ -120,6 +121,19 @@ def engine_here() -> bool:
 
 def invoke(args: argparse.Namespace) -> int:
     ev = api.invoke(args.function, event_argument(args), qualifier=args.qualifier, namespace=args.namespace)
+    try:  # from here on an interrupt is about this event
+        return invoked(ev, args)
+    except KeyboardInterrupt:
+        if engine_here():
+            say(f"interrupted: {ev.request_id} {ev.terminate()}")
+        else:
+            say(f"interrupted; {ev.request_id} runs on (scf-nb terminate {ev.request_id} stops it)")
+        return 130
+
+
+def invoked(ev: Event, args: argparse.Namespace) -> int:
+    """What ``invoke`` prints of the event it made: a sync one's result; an async one's RequestId at once, then
+    (``--wait``/``--follow``, or when its engine runs in this process) its lines, status and result."""
     info = ev.info()
     if info["invoke_type"] != "Event":  # sync: it has ended
         return report(info, args.json, with_status=False)
@@ -132,16 +146,9 @@ def invoke(args: argparse.Namespace) -> int:
     if not wait:
         say("no server hosts the engine of this home (scf-nb serve starts one), so the event runs in this "
             "process: waiting for its end (Ctrl-C terminates it)")
-    try:
-        if args.follow:
-            print_followed(ev.request_id, None, None, False)
-        ev.wait()
-    except KeyboardInterrupt:
-        if engine_here():
-            say(f"interrupted: {ev.request_id} {ev.terminate()}")
-        else:
-            say(f"interrupted; {ev.request_id} runs on (scf-nb terminate {ev.request_id} stops it)")
-        return 130
+    if args.follow:
+        print_followed(ev.request_id, None, None, False)
+    ev.wait()
     return report(ev.info(), args.json, with_status=True)
 
 

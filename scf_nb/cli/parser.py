@@ -151,12 +151,12 @@ def _terminate(p: argparse.ArgumentParser) -> None:
 
 
 def _invoke(p: argparse.ArgumentParser) -> None:
-    p.add_argument("function", metavar="FUNCTION")
+    p.add_argument("function", metavar="FUNCTION", help="the function's name")
     given = p.add_mutually_exclusive_group()
     given.add_argument("--event", metavar="JSON", help="the event, as JSON")
     given.add_argument("--event-file", metavar="PATH", help="read the event (JSON) from a file; - for stdin")
     p.add_argument("--qualifier", default="$LATEST", help="the version to run (default $LATEST)")
-    p.add_argument("--namespace", default="default")
+    p.add_argument("--namespace", default="default", help="its namespace (default: default)")
     p.add_argument("--wait", action="store_true", help="async: wait for the end; print its status and result")
     p.add_argument("--follow", "-f", action="store_true", help="async: print its log lines until it ends (waits)")
     _json(p, "the event (and result)")
