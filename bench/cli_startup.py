@@ -50,11 +50,11 @@ def main() -> None:
     scf_nb.wait([scf_nb.invoke("echo", n) for n in range(5)], timeout=60)
     scf_nb.shutdown()
 
-    rows = [("python -c pass", median_seconds([sys.executable, "-c", "pass"], runs)),
-            ("python -c 'import pandas, duckdb'", median_seconds([sys.executable, "-c", "import pandas, duckdb"], runs))]
+    rows = [(f"python -c {code!r}", median_seconds([sys.executable, "-c", code], runs))
+            for code in ("pass", "import pandas, duckdb")]
     for name, args in COMMANDS:
-        rows.append((f"scf-nb {name}", median_seconds([sys.executable, "-m", "scf_nb.cli", "--home", str(home), *args],
-                                                      runs)))
+        command = [sys.executable, "-m", "scf_nb.cli", "--home", str(home), *args]
+        rows.append((f"scf-nb {name}", median_seconds(command, runs)))
     width = max(len(name) for name, _ in rows)
     print(f"{'command':<{width}}  median s  (of {runs})")
     for name, seconds in rows:
