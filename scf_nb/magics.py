@@ -17,6 +17,7 @@ from IPython.core.magic import Magics, magics_class
 
 from . import api
 from .clients.events import Event
+from .core import readable
 from .core.errors import ScfError
 
 _P = ParamSpec("_P")
@@ -56,7 +57,7 @@ def _parse(magic: Callable[..., Any], line: str) -> argparse.Namespace:
 
 
 def _print_line(row: Any) -> None:
-    print(f"{row.ts:%H:%M:%S.%f}"[:-3] + f" {row.stream[3]} {row.line}")
+    print(readable.log_text(row.ts, row.stream, row.line))
 
 
 def _print_followed(request_id: str, stream: str | None) -> None:

@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import os
 import selectors
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.request
 import uuid
+from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import kill_quietly, pid_alive
@@ -70,6 +75,29 @@ def read_line(proc: subprocess.Popen[str], timeout: float = 60.0) -> str:
         proc.wait(timeout=10)
         pytest.fail(f"the subprocess exited ({proc.returncode}): {proc.stderr.read() if proc.stderr else ''}")
     return line.strip()
+
+
+def free_port() -> int:
+    """A loopback port the OS says is free now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for_server(url: str, token: str, server: subprocess.Popen[Any], log: Path, timeout: float = 60.0) -> None:
+    """Until the Jupyter server at ``url`` answers ``/api/status``; fail the test with the tail of its ``log``
+    if it exits first or does not answer within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url.rstrip('/')}/api/status?token={token}", timeout=5) as answer:
+                answer.read()
+                return
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the server at {url} did not answer: {log.read_text()[-3000:]}")
+            time.sleep(0.05)
 
 
 def stop(proc: subprocess.Popen[str]) -> None:

@@ -7,11 +7,9 @@ step go to ``test-artifacts/browser/``."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,19 +17,13 @@ from typing import Any
 
 import pytest
 from browser_support import CHROMIUM_ARGS, chromium
-from processes import kill_tagged, tagged_env
+from processes import free_port, kill_tagged, tagged_env, wait_for_server
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("jupyterlab")
 pytest.importorskip("ipywidgets")
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cell(source: str) -> dict[str, Any]:
@@ -85,15 +77,7 @@ def lab(tmp_path: Path) -> Iterator[dict[str, Any]]:
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2).read()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"JupyterLab did not start: {(tmp_path / 'lab.log').read_text()[-3000:]}")
-                time.sleep(0.1)
+        wait_for_server(url, token, server, tmp_path / "lab.log")
         yield {"url": url, "token": token, "root": root}
     finally:
         server.terminate()  # it shuts its kernels down

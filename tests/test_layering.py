@@ -161,8 +161,9 @@ def test_only_the_store_layer_holds_sql() -> None:
 
 
 def test_only_the_api_chooses_the_client() -> None:
-    """Nothing outside ``scf_nb.api`` (and the core itself) makes a Client or an Engine or reaches for one."""
-    for path in sorted(PACKAGE.glob("*.py")):
+    """Nothing outside ``scf_nb.api`` (and the core itself) makes a Client or an Engine or reaches for one: not
+    the top-level adapters, not the CLI."""
+    for path in sorted([*PACKAGE.glob("*.py"), *(PACKAGE / "cli").glob("*.py")]):
         if path.name == "api.py":
             continue
         text = path.read_text()
@@ -265,9 +266,12 @@ def test_only_the_event_table_moves_a_status() -> None:
 
 # of scf_nb's own packages, what the views may import: the client protocol's side, never the engine, the backend,
 # the store or its queries (the observation types are the store's, named in the protocol)
-VIEWS_MAY_USE = {"api", "core.errors", "core.status", "core.protocol", "clients.protocol", "clients.events",
-                 "store.observe", "store.follow"}
-OWN_PACKAGES = ("api", "core", "clients", "engine", "instances", "store", "magics")
+VIEWS_MAY_USE = {"api", "core.errors", "core.status", "core.protocol", "core.readable", "clients.protocol",
+                 "clients.events", "store.observe", "store.follow"}
+OWN_PACKAGES = ("api", "core", "clients", "engine", "instances", "store", "magics", "cli")
+# the CLI: the same, plus the embedded Client class (to know whether the engine runs in its own process) and
+# its own modules
+CLI_MAY_USE = VIEWS_MAY_USE | {"clients.embedded.Client", "cli"}
 
 
 def own_imports(source: str, package: str = "scf_nb.widgets") -> list[tuple[int, str]]:
@@ -300,18 +304,38 @@ def test_the_import_check_finds_own_imports() -> None:
     assert own_imports("from .. import api\nfrom .hub import hub_for\nimport ipywidgets\n") == [(1, "api")]
 
 
+def protocol_side_breaches(folder: str, allowed: set[str]) -> dict[str, list[tuple[int, str]]]:
+    """The imports of scf_nb's other packages by the modules under ``folder`` that ``allowed`` does not cover."""
+    bad = {}
+    for path in sorted((PACKAGE / folder).rglob("*.py")):
+        package = ".".join(["scf_nb", *path.relative_to(PACKAGE).parent.parts])
+        wrong = [(line, name) for line, name in own_imports(path.read_text(), package)
+                 if name not in allowed and not any(name.startswith(m + ".") for m in allowed)]
+        if wrong:
+            bad[path.name] = wrong
+    return bad
+
+
 def test_the_views_use_only_the_protocol_side() -> None:
     """``scf_nb.widgets`` reaches the engine only through the client protocol: of scf_nb's other packages it
     imports the api, errors, statuses, the protocol, the Event handle and the observation types, never the
     engine, the backend, the store or the queries."""
-    bad = {}
-    for path in sorted((PACKAGE / "widgets").rglob("*.py")):
-        package = ".".join(["scf_nb", *path.relative_to(PACKAGE).parent.parts])
-        wrong = [(line, name) for line, name in own_imports(path.read_text(), package)
-                 if name not in VIEWS_MAY_USE and not any(name.startswith(m + ".") for m in VIEWS_MAY_USE)]
-        if wrong:
-            bad[path.name] = wrong
-    assert bad == {}
+    assert protocol_side_breaches("widgets", VIEWS_MAY_USE) == {}
+
+
+def test_the_cli_uses_only_the_protocol_side() -> None:
+    """``scf_nb.cli`` likewise (and the embedded Client, only to tell whether the engine runs in its process)."""
+    assert protocol_side_breaches("cli", CLI_MAY_USE) == {}
+    found = protocol_side_breaches("cli", VIEWS_MAY_USE | {"cli"})  # the check sees what the allowance covers
+    assert {name: [module for _, module in hits] for name, hits in found.items()} == {
+        "commands.py": ["clients.embedded.Client"], "serve.py": ["clients.embedded.Client"]}
+
+
+def test_the_cli_loads_no_jupyter_code_and_parses_before_the_api_loads() -> None:
+    """Only ``scf-nb serve`` loads jupyter_server (on demand); the parser loads neither pandas nor DuckDB, so
+    ``--help`` and bad usage answer at once."""
+    assert loaded_after("import scf_nb.cli, scf_nb.cli.commands", JUPYTER) == []
+    assert loaded_after("import scf_nb.cli\nscf_nb.cli.parser.build().format_help()", HEAVY + JUPYTER) == []
 
 
 # -- the server extension: the only package that imports tornado or jupyter_server, on the protocol side ---------
@@ -337,20 +361,14 @@ def test_the_web_check_finds_imports() -> None:
 
 
 def test_only_the_server_package_imports_tornado_or_jupyter_server() -> None:
-    assert found_outside(web_imports, lambda name: name.startswith("server/")) == {}
+    """(and ``scf-nb serve``, which starts a Jupyter server with the extension, on demand)"""
+    assert found_outside(web_imports, lambda name: name.startswith("server/") or name == "cli/serve.py") == {}
 
 
 def test_the_server_uses_only_the_protocol_side() -> None:
     """``scf_nb.server`` reaches the engine through the client protocol (and ``api`` for hosting it): never the
     engine, the backend, the store or its queries, nor the embedded client itself."""
-    bad = {}
-    for path in sorted((PACKAGE / "server").rglob("*.py")):
-        package = ".".join(["scf_nb", *path.relative_to(PACKAGE).parent.parts])
-        wrong = [(line, name) for line, name in own_imports(path.read_text(), package)
-                 if name not in SERVER_MAY_USE and not any(name.startswith(m + ".") for m in SERVER_MAY_USE)]
-        if wrong:
-            bad[path.name] = wrong
-    assert bad == {}
+    assert protocol_side_breaches("server", SERVER_MAY_USE) == {}
 
 
 def test_the_http_client_loads_no_jupyter_code() -> None:
@@ -385,3 +403,4 @@ def test_the_page_puts_data_into_the_dom_as_text_only() -> None:
     assert {p.suffix for p in files} == {".js", ".html"}
     assert {p.name: markup_sinks(p.read_text()) for p in files} == {p.name: [] for p in files}
     assert own_imports((PACKAGE / "server" / "page.py").read_text(), "scf_nb.server") == []
+

@@ -1,12 +1,16 @@
-"""Text the views draw: HTML escapes, status badges, times and durations. Plain functions of values (no
-widgets, no client), so the views stay thin and these are tested on their own."""
+"""Text the views draw: HTML escapes, status badges, times and durations (the plain text of times, durations
+and sizes is ``core/readable.py``'s, shared with the CLI). Plain functions of values (no widgets, no client),
+so the views stay thin and these are tested on their own."""
 
 from __future__ import annotations
 
 import html
-import math
-from datetime import datetime
 from typing import Any
+
+from ..core.readable import clock as clock
+from ..core.readable import duration as duration
+from ..core.readable import epoch as epoch
+from ..core.readable import megabytes as megabytes
 
 STATUS_COLORS = {"QUEUED": "#6b7280", "RUNNING": "#2563eb", "FINISHED": "#15803d", "FAILED": "#b91c1c",
                  "ABORTED": "#b45309"}
@@ -37,47 +41,6 @@ def esc(value: Any) -> str:
 def badge(status: str) -> str:
     color = STATUS_COLORS.get(status, "#374151")
     return f'<span class="scf-badge" data-status="{esc(status)}" style="background:{color}">{esc(status)}</span>'
-
-
-def epoch(value: Any) -> float | None:
-    """Epoch seconds of a datetime or pandas Timestamp; None for None/NaT/NaN."""
-    if value is None:
-        return None
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    try:
-        return float(value.timestamp())
-    except (AttributeError, ValueError):  # NaT has timestamp() but raises ValueError
-        return None
-
-
-def clock(value: Any, with_date: bool = True) -> str:
-    """A local time as ``MM-DD HH:MM:SS`` ('' for none)."""
-    t = epoch(value)
-    if t is None:
-        return ""
-    return datetime.fromtimestamp(t).strftime("%m-%d %H:%M:%S" if with_date else "%H:%M:%S")
-
-
-def duration(seconds: float | None) -> str:
-    """``850 ms``, ``12.3 s``, ``4 min 05 s``, ``2 h 03 min`` ('' for none)."""
-    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)) or seconds < 0:
-        return ""
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
-    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
-
-
-def megabytes(value: Any) -> str:
-    try:
-        n = float(value)
-    except (TypeError, ValueError):
-        return ""
-    return "" if math.isnan(n) else f"{n / 1e6:.0f} MB"
 
 
 def log_line(ts: Any, stream: str, text: str) -> str:
