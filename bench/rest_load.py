@@ -18,91 +18,22 @@ Prints the figures and exits 1 if an accepted RequestId has no record.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import signal
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from server_support import Server, jupyter_server  # noqa: E402  (the tests' real-server fixture)
+from load_support import Load, run_load  # noqa: E402  (shared with the fault tests)
+from server_support import jupyter_server  # noqa: E402  (the tests' real-server fixture)
 
 import scf_nb  # noqa: E402
 
 NOOP = "def main_handler(event, context):\n    return None\n"
-
-
-class Load:
-    """The open-loop schedule and what came back, shared by the client threads."""
-
-    def __init__(self, rate: float, seconds: float) -> None:
-        self.rate = rate
-        self.total = int(rate * seconds)
-        self.next = 0
-        self.lock = threading.Lock()
-        self.start = 0.0
-        self.latency = np.zeros(self.total)
-        self.late = np.zeros(self.total)
-        self.accepted: list[str] = []
-        self.statuses: dict[int, int] = {}
-        self.errors: list[str] = []
-        self.stop = False
-
-    def take(self) -> int | None:
-        with self.lock:
-            if self.next >= self.total or self.stop:
-                return None
-            i, self.next = self.next, self.next + 1
-            return i
-
-
-def client_thread(server: Server, load: Load) -> None:
-    host, port = server.url.split("//")[1].rstrip("/").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=60)
-    headers = {"Authorization": f"token {server.token}", "Content-Type": "application/json"}
-    body = json.dumps({"function": "noop", "event": {}}).encode()
-    try:
-        while (i := load.take()) is not None:
-            due = load.start + i / load.rate
-            wait = due - time.perf_counter()
-            if wait > 0:
-                time.sleep(wait)
-            sent = time.perf_counter()
-            try:
-                conn.request("POST", "/scf/api/invoke", body, headers)
-                answer = conn.getresponse()
-                data = answer.read()
-            except (OSError, http.client.HTTPException) as e:
-                with load.lock:
-                    load.errors.append(f"{type(e).__name__}: {e}")
-                conn.close()
-                conn = http.client.HTTPConnection(host, int(port), timeout=60)
-                continue
-            done = time.perf_counter()
-            load.latency[i] = (done - sent) * 1000
-            load.late[i] = max(0.0, sent - due) * 1000
-            with load.lock:
-                load.statuses[answer.status] = load.statuses.get(answer.status, 0) + 1
-                if answer.status == 200:
-                    load.accepted.append(json.loads(data)["request_id"])
-    finally:
-        conn.close()
-
-
-def run_load(server: Server, load: Load, threads: int) -> float:
-    workers = [threading.Thread(target=client_thread, args=(server, load), daemon=True) for _ in range(threads)]
-    load.start = time.perf_counter() + 0.05
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    return time.perf_counter() - load.start
 
 
 def recorded(home: Path, accepted: list[str]) -> tuple[int, dict[str, int]]:
@@ -124,7 +55,8 @@ def figures(load: Load, elapsed: float) -> dict[str, Any]:
         "statuses": load.statuses, "errors": len(load.errors),
         "p50_ms": round(float(np.percentile(done, 50)), 2), "p99_ms": round(float(np.percentile(done, 99)), 2),
         "max_ms": round(float(done.max()), 2),
-        "late_p50_ms": round(float(np.percentile(late, 50)), 2), "late_p99_ms": round(float(np.percentile(late, 99)), 2),
+        "late_p50_ms": round(float(np.percentile(late, 50)), 2),
+        "late_p99_ms": round(float(np.percentile(late, 99)), 2),
     }
 
 
