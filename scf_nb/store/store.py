@@ -30,6 +30,7 @@ from ..core.errors import ScfError
 from ..core.functions import Function
 from ..core.records import EVENT_COLUMNS, EventState
 from ..core.status import TERMINAL
+from .journal import Journal
 from .logbuffer import INSERT as _INSERT_LOGS
 from .logbuffer import HeapTrim, LogBuffer, runs_of
 from .observe import ChangeFeed
@@ -139,6 +140,7 @@ class Store:
     def __init__(self, path: Path, memory_mb: int, on_committed: Callable[[list[EventState]], None]) -> None:
         self.path = path
         self._db = open_database(path, memory_mb)
+        self.journal = Journal(path.with_name(path.name + ".accepted"))
         self._local = threading.local()
         self._on_committed = on_committed
         self.lock = threading.Lock()  # guards the buffers and every EventState change
@@ -160,7 +162,8 @@ class Store:
 
     # -- buffers (called by the engine, under ``lock`` where it says so) --------------------------------
     def add_event(self, ev: EventState) -> None:
-        """A new event (hold ``lock``)."""
+        """A new event (hold ``lock``): in the journal at once, in the file with a later batch."""
+        self.journal.add(ev)
         self._new.append(ev)
         touched = self._touched
         if touched is not None:
@@ -266,6 +269,8 @@ class Store:
                     if touched and self._touched is not None:
                         self._touched[:0] = touched
                 raise
+            with self.lock:
+                self.journal.settle(self._new)
             self._trim.written += logs.chars
             if self._stats is not None:
                 self._count(new_rows, changed_rows)
@@ -324,6 +329,7 @@ class Store:
         self.sync()
         self.feed.close()
         self._db.close()
+        self.journal.close(remove=not self._new)
 
     def observe(self, on: bool) -> None:
         """Record which events change, for the change feed, while ``on`` (nothing is recorded otherwise)."""
@@ -430,8 +436,10 @@ class Store:
     def recover(self, reason: str, now: float, mark: str) -> int:
         """After an engine died: its QUEUED/RUNNING events become FAILED, ended now (a running one's duration
         counts from its start, a queued one's is 0); the old instance records give way to this engine's
-        ``mark``, recorded before any instance can run an event. Returns how many events were failed."""
+        ``mark``, recorded before any instance can run an event. Events it accepted that only its journal
+        holds are recorded first (QUEUED, then failed with the rest). Returns how many events were failed."""
         db = self.cursor()
+        self._record_journal(db)
         n = db.execute("SELECT count(*) FROM events WHERE status IN ('QUEUED', 'RUNNING')").fetchall()[0][0]
         db.execute(_RECOVER_EVENTS, [now, now, now, reason, reason])
         db.execute("DELETE FROM instances")
@@ -439,6 +447,19 @@ class Store:
         with self._flush_lock:
             self._stats = None  # rows changed behind the aggregates' back: load them again when asked
         return int(n)
+
+    def _record_journal(self, db: duckdb.DuckDBPyConnection) -> None:
+        rows = self.journal.read()
+        if rows:
+            keys = [r[0] for r in rows]
+            have = {k for (k,) in db.execute("SELECT event_key FROM events WHERE event_key BETWEEN ? AND ?",
+                                              [min(keys), max(keys)]).fetchall()}
+            missing = [r for r in rows if r[0] not in have]
+            if missing:
+                self._run_batch(db, _INSERT_EVENTS, pd.DataFrame.from_records(missing, columns=EVENT_COLUMNS))
+                log.warning("scf_nb: %d event(s) the previous engine accepted were only in its journal; "
+                            "recorded as FAILED", len(missing))
+        self.journal.clear()
 
     def purge(self, cutoff: float) -> int:
         """Delete ended events (and their logs) that started before ``cutoff`` (epoch seconds); the overview's
