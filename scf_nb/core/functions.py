@@ -12,7 +12,7 @@ from .config import ASYNC_DEFAULT_TIMEOUT_S, SYNC_DEFAULT_TIMEOUT_S
 from .errors import ScfError, invalid, not_found_function
 
 LATEST = "$LATEST"
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,59}$")
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,59}\Z")  # \Z: "$" would let a trailing newline through
 
 
 @dataclass(frozen=True)
