@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from .. import api
-from ..clients.embedded import Client
 from ..clients.events import Event
 from ..core import readable
 from ..core.errors import ScfError
@@ -116,7 +115,7 @@ def terminate(args: argparse.Namespace) -> int:
 def engine_here() -> bool:
     """Whether the engine runs in this process (no server hosts this home's engine): its events then stop
     when the command ends, so ``invoke`` waits for them."""
-    return isinstance(api.client(), Client)
+    return bool(api.engine_info()["where"] == "embedded")
 
 
 def invoke(args: argparse.Namespace) -> int:

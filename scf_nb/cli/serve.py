@@ -16,7 +16,6 @@ from types import FrameType
 from typing import Any
 
 from .. import api
-from ..clients.embedded import Client
 from ..core.errors import ScfError
 
 EXTENSION = "scf_nb.server"
@@ -80,7 +79,7 @@ def hosting(home: Any) -> None:
         ScfError: ``FailedOperation.Serve`` naming why the engine did not start.
     """
     try:
-        here = isinstance(api.client(), Client)
+        here = api.engine_info()["found"] == "this process"
     except ScfError as e:
         raise ScfError("FailedOperation.Serve", f"the engine of {home} did not start: [{e.code}] {e.message}") from None
     if not here:
