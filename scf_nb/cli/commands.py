@@ -119,25 +119,26 @@ def engine_here() -> bool:
 
 
 def invoke(args: argparse.Namespace) -> int:
+    here = engine_here()  # asked first: after an interrupt the HTTP client's connection may be mid-answer
     ev = api.invoke(args.function, event_argument(args), qualifier=args.qualifier, namespace=args.namespace)
     try:  # from here on an interrupt is about this event
-        return invoked(ev, args)
+        return invoked(ev, args, here)
     except KeyboardInterrupt:
-        if engine_here():
+        if here:
             say(f"interrupted: {ev.request_id} {ev.terminate()}")
         else:
             say(f"interrupted; {ev.request_id} runs on (scf-nb terminate {ev.request_id} stops it)")
         return 130
 
 
-def invoked(ev: Event, args: argparse.Namespace) -> int:
+def invoked(ev: Event, args: argparse.Namespace, here: bool) -> int:
     """What ``invoke`` prints of the event it made: a sync one's result; an async one's RequestId at once, then
     (``--wait``/``--follow``, or when its engine runs in this process) its lines, status and result."""
     info = ev.info()
     if info["invoke_type"] != "Event":  # sync: it has ended
         return report(info, args.json, with_status=False)
     wait = args.wait or args.follow
-    if not wait and not engine_here():
+    if not wait and not here:
         print(dumps(info) if args.json else ev.request_id)
         return 0
     if not args.json:
