@@ -8,7 +8,6 @@ readable. The static checks below keep the stored notebooks in the shape that ma
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_until
+from processes import kill_tagged, tagged_env, tagged_processes
 
 nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("nbval")
@@ -34,8 +35,8 @@ def is_checked(cell: Any) -> bool:
     return TAG in cell.get("metadata", {}).get("tags", []) or "# NBVAL_CHECK_OUTPUT" in cell.source
 
 
-def test_the_five_tutorials_are_there() -> None:
-    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05"], NOTEBOOKS
+def test_the_six_tutorials_are_there() -> None:
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06"], NOTEBOOKS
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -65,10 +66,16 @@ def test_the_notebooks_run_under_nbval_and_their_checked_outputs_match() -> None
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
            "--nbval-sanitize-with", str(FOLDER / "nbval_sanitize.cfg"), "--nbval-cell-timeout", "180",
            *map(str, NOTEBOOKS)]
-    run = subprocess.run(cmd, cwd=ROOT, env=os.environ.copy(), capture_output=True, text=True, timeout=840,
-                         stdin=subprocess.DEVNULL)
-    report = run.stdout[-6000:] + run.stderr[-2000:]
-    assert run.returncode == 0, report
-    passed = re.search(r"(\d+) passed", run.stdout)
-    assert passed and int(passed.group(1)) == cells, report  # every code cell ran as an nbval item
-    assert not re.search(r"\d+ (failed|error|skipped)", run.stdout), report
+    tag, env = tagged_env()  # every process the notebooks start (engines, instances, 06's server and kernels)
+    try:
+        run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=840,
+                             stdin=subprocess.DEVNULL)
+        report = run.stdout[-6000:] + run.stderr[-2000:]
+        assert run.returncode == 0, report
+        passed = re.search(r"(\d+) passed", run.stdout)
+        assert passed and int(passed.group(1)) == cells, report  # every code cell ran as an nbval item
+        assert not re.search(r"\d+ (failed|error|skipped)", run.stdout), report
+        # their kernels have exited: what the notebooks started ends with them (a process may take a moment)
+        wait_until(lambda: tagged_processes(tag) == [], 30, "every process a notebook started to end")
+    finally:
+        kill_tagged(tag)
