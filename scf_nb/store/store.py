@@ -321,6 +321,11 @@ class Store:
         self.feed.close()
         self._db.close()
 
+    @property
+    def observed(self) -> bool:
+        """Whether the store records which events change, for the change feed (someone listens to it)."""
+        return self._touched is not None
+
     def observe(self, on: bool) -> None:
         """Record which events change, for the change feed, while ``on`` (nothing is recorded otherwise)."""
         with self.lock:
