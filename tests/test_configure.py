@@ -114,7 +114,7 @@ def test_with_nothing_running_a_new_home_restarts_the_engine(scf: Any, tmp_path:
     engine = scf.client().engine
     other = tmp_path / "other"
     scf.configure(home=other)
-    assert engine._closed and scf.client().engine is not engine
+    assert engine.closed and scf.client().engine is not engine
     assert scf.list_functions().empty  # the new home has none
 
 

@@ -190,12 +190,12 @@ def test_a_follower_dropped_without_close_stops_being_fed(scf: Any, tmp_path: Pa
     ev, gate = chatty(scf, tmp_path, after=10)
     store = scf.client().engine.store
     lines = ev.follow()
-    assert next(lines).seq == 1 and store._touched is not None
+    assert next(lines).seq == 1 and store.observed
     del lines
     gc.collect()
     gate.write_text("")
     ev.wait(60)
-    wait_until(lambda: store._touched is None, what="the store no longer observed")
+    wait_until(lambda: not store.observed, what="the store no longer observed")
 
 
 def test_close_from_another_thread_wakes_a_waiting_follower(scf: Any, tmp_path: Path) -> None:

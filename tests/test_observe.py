@@ -211,9 +211,9 @@ def test_subscribe_needs_a_callable(scf: Any) -> None:
 
 def test_nothing_is_recorded_for_the_feed_while_nobody_listens(scf: Any) -> None:
     store = scf.client().engine.store
-    assert store._touched is None
+    assert not store.observed
     sub = scf.subscribe(lambda c: None)
-    assert store._touched is not None
+    assert store.observed
     sub.close()
-    assert store._touched is None
+    assert not store.observed
 

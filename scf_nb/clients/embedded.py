@@ -49,7 +49,7 @@ class Client:
     @property
     def closed(self) -> bool:
         """True once ``close()`` was called or the engine stopped."""
-        return self.engine._closed
+        return self.engine.closed
 
     # -- functions ------------------------------------------------------------------------------------------
     def create_function(self, name: str, code: str, *, async_run: bool = False, trace: bool = True,

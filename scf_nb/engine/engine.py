@@ -117,6 +117,11 @@ class Engine:
         return self.backend.info()
 
     @property
+    def closed(self) -> bool:
+        """Whether the engine was shut down (``close``): it accepts no event any more."""
+        return self._closed
+
+    @property
     def loop_errors(self) -> int:
         return self.loop.errors
 

@@ -331,6 +331,11 @@ class Store:
         self._db.close()
         self.journal.close(remove=not self._new)
 
+    @property
+    def observed(self) -> bool:
+        """Whether the store records which events change, for the change feed (someone listens to it)."""
+        return self._touched is not None
+
     def observe(self, on: bool) -> None:
         """Record which events change, for the change feed, while ``on`` (nothing is recorded otherwise)."""
         with self.lock:

@@ -19,7 +19,8 @@ A worker always claims the lowest PENDING record of those it was sent (the engin
 pending runs in order, with no gaps), so claims follow the FIFO, and so do their times (read in the lock). A
 claim at the end of an event is named in that event's "done" (sent before the claimed one starts); a claim by an
 idle worker is told by nothing but the record (the engine reads the records when it must know: shortly after
-the offer, before a kill, when output comes), so it costs no message. Before the engine kills an instance it
+an offer and for as long as an idle instance holds a pending run, before a kill, when output comes), so it costs
+no message. Before the engine kills an instance it
 bans it (under the same lock), then catches up on whatever it had already claimed: the kill hits exactly what
 runs there, never an event sent ahead.
 """

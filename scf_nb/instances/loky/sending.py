@@ -289,18 +289,23 @@ class Sending:
                 self.loop.call_later(RETRY_S, self.unban, inst)  # also for one that is gone: its slot must come free
 
     def turn_end(self) -> float:
-        """Functions whose idle instances hold offers they have not answered: once due, read the records (has
-        one claimed?). Returns the time until the next look is due."""
+        """Functions whose idle instances may have claimed an event unseen: once due, read the records (has
+        one claimed?). Returns the time until the next look is due.
+
+        An idle instance claims on its own (say nothing) while it holds runs that are still pending, and not
+        only the one it was offered: on a loaded machine it may wake after the others took that one (which
+        closes its offer) and claim a later run it was sent meanwhile. So the looks go on, backing off, until
+        no offer is open and no idle instance holds a pending run (it claimed one, or said it read them)."""
         now = time.monotonic()
         wait = 1.0
         for key, (due, delay) in list(self._offering.items()):
             ahead = self.ahead.get(key)
-            if ahead is None or not ahead.offered:
+            if ahead is None or not (ahead.offered or self._idle_may_claim(key)):
                 del self._offering[key]
                 continue
             if now >= due:
                 synced = self.sync_claims(key)
-                if not ahead.offered and synced:
+                if synced and not ahead.offered and not self._idle_may_claim(key):
                     del self._offering[key]
                     continue
                 delay = min(delay * 2, CLAIMS_POLL_MAX_S)
@@ -309,6 +314,11 @@ class Sending:
             wait = min(wait, due - now)
         self.turn_due = bool(self._offering)
         return max(0.0, wait)
+
+    def _idle_may_claim(self, key: tuple[str, str]) -> bool:
+        """Whether an idle instance of function ``key`` holds a run that is still pending (it may claim it)."""
+        pool: Sequence[LokyInstance] = self.host.pools.get(key, ())  # type: ignore[assignment]
+        return any(inst.state == IDLE and inst.event is None and self.may_claim(inst) for inst in pool)
 
     def close(self) -> None:
         for ahead in self.ahead.values():
