@@ -12,13 +12,16 @@ busy), so a slow server cannot hide behind a client that waits for it. After the
 (SIGTERM; ``--kill``: SIGKILL under load instead, then a new engine on the same home recovers), and an
 embedded engine on the same home lists every event: each accepted RequestId must be there.
 
-Prints the figures and exits 1 if an accepted RequestId has no record.
+``server_cores`` and ``server_cpu_us_per_call`` are the server process's CPU time during the load (all its
+threads: HTTP, authentication, the engine, the store's writes; not the loky workers). Prints the figures and
+exits 1 if an accepted RequestId has no record.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -45,6 +48,12 @@ def recorded(home: Path, accepted: list[str]) -> tuple[int, dict[str, int]]:
         return sum(rid in ids for rid in accepted), events.status.value_counts().to_dict()
     finally:
         scf_nb.shutdown()
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) the process has used so far, its threads together."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def figures(load: Load, elapsed: float) -> dict[str, Any]:
@@ -76,9 +85,12 @@ def main() -> int:
         assert status == 200, answer
         status, answer, _ = server.request("POST", "/scf/api/invoke", {"function": "noop", "event": {}})
         assert status == 200, answer  # the first instance's cold start, outside the timings
+        cpu = cpu_seconds(server.proc.pid)
         elapsed = run_load(server, load, args.threads)
+        cpu = cpu_seconds(server.proc.pid) - cpu
         server.stop(signal.SIGKILL if args.kill else signal.SIGTERM)
     out = figures(load, elapsed)
+    out.update(server_cores=round(cpu / elapsed, 2), server_cpu_us_per_call=round(cpu / max(1, out["sent"]) * 1e6))
     found, by_status = recorded(home, load.accepted)
     out.update(accepted=len(load.accepted), recorded=found, missing=len(load.accepted) - found, by_status=by_status)
     print(json.dumps(out, indent=1))

@@ -236,8 +236,9 @@ def delete_function(name: str, *, namespace: str = "default") -> None:
 
 
 @documented
-def invoke(name: str, event: Any = None, *, qualifier: str = LATEST, namespace: str = "default") -> Event:
-    return client().invoke(name, event, qualifier=qualifier, namespace=namespace)
+def invoke(name: str, event: Any = None, *, qualifier: str = LATEST, namespace: str = "default",
+           wait: bool = True) -> Event:
+    return client().invoke(name, event, qualifier=qualifier, namespace=namespace, wait=wait)
 
 
 @documented

@@ -167,6 +167,12 @@ def test_every_protocol_method_answers_as_the_embedded_client(pair: tuple[Client
 
     sync = http.invoke("sync", {"n": 2})
     assert http.event_status(sync.request_id) == "FINISHED"  # a sync invoke answers when it has ended
+    for c, n in ((emb, 5), (http, 6)):  # wait=False: at once, while the sync event waits on its gate
+        opened = tmp_path / f"gate{n}"
+        unwaited = c.invoke("sync", {"n": n, "gate": str(opened)}, wait=False)
+        assert c.event_status(unwaited.request_id) in ("QUEUED", "RUNNING")
+        opened.touch()
+        assert c.event_result(unwaited.request_id, timeout=60)["n"] == n
     failed = http.invoke("work", {"n": 3, "fail": True})
     same(pair, lambda c: c.wait([ev, failed.request_id, sync.request_id], timeout=60)[1])
     error = same(pair, lambda c: c.event_result(failed.request_id))

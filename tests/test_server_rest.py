@@ -146,9 +146,27 @@ def test_without_credentials_every_endpoint_refuses_and_nothing_runs(server: Ser
     assert not (server.root / "x").exists()
 
 
+def test_the_token_authenticates_as_jupyter_decides_it(server: Server) -> None:
+    """The header's token in any of Jupyter's spellings, or the ``?token=`` argument; a token-authenticated
+    write needs no XSRF. A wrong one anywhere (the argument wins over the header, as in Jupyter) is refused."""
+    before = counts(server)
+    right = server.token
+    for header in (f"token {right}", f"Token {right}", f"bearer {right}", f"Bearer  {right}"):
+        status, answer, _ = server.request("POST", "/scf/api/invoke", {"function": "probe"}, token="",
+                                           headers={"Authorization": header})
+        assert status == 200, (header, answer)
+    assert server.request("POST", f"/scf/api/invoke?token={right}", {"function": "probe"}, token="")[0] == 200
+    for header, query in ((f"token {right}x", ""), (f"token {right[:-1]}", ""), (f"token {right}", "?token=no"),
+                          (f"basic {right}", ""), (right, "")):
+        status, answer, _ = server.request("POST", "/scf/api/invoke" + query, {"function": "probe"}, token="",
+                                           headers={"Authorization": header})
+        assert status == 403 and answer["error"]["code"] == "AuthFailure", (header, query, status)
+    assert counts(server)[0] == before[0] + 5
+
+
 def test_a_browser_write_needs_the_xsrf_token(server: Server) -> None:
     """The login cookie alone reads, but writes only with XSRF (token-authenticated clients are exempt)."""
-    _, _, headers = server.request("GET", "/scf/api/engine")  # a token-authenticated request sets the cookie
+    _, _, headers = server.request("GET", f"/scf/api/engine?token={server.token}", token="")  # as a browser logs in
     cookie = headers["Set-Cookie"].split(";")[0]
     status, _, _ = server.request("GET", "/scf/api/overview", token="", headers={"Cookie": cookie})
     assert status == 200

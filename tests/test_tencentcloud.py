@@ -231,6 +231,21 @@ def test_sync_invoke_answers_the_return_value_as_json_with_its_log(scf: Any, sdk
     assert "Traceback" in error["stackTrace"]
 
 
+def test_a_sync_function_invoked_as_event_answers_at_once(scf: Any, sdk: scf_client.ScfClient,
+                                                          tmp_path: Path) -> None:
+    """InvocationType=Event: the id at once, while the event runs on (SCF's asynchronous invocation)."""
+    create(sdk, "later", async_run=False)
+    gate = tmp_path / "gate"
+    answer = invoke(sdk, "later", {"mode": "gate", "gate": str(gate)}, kind="Event")
+    assert answer["RetMsg"] is None and answer["Log"] is None  # the id only
+    rid = answer["FunctionRequestId"]
+    ev = scf.get_event(rid)
+    assert ev.status in ("QUEUED", "RUNNING")  # it waits on the gate: the answer did not wait for it
+    gate.touch()
+    assert ev.wait(timeout=60) == "FINISHED"
+    assert ev.result() == {"n": None, "mode": "gate"}
+
+
 def test_a_failed_async_event_reads_failed_with_its_status_code(sdk: scf_client.ScfClient) -> None:
     create(sdk, "breaks")
     rid = invoke(sdk, "breaks", {"mode": "fail", "n": 1})["FunctionRequestId"]

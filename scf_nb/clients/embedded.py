@@ -85,10 +85,10 @@ class Client:
 
     # -- events ---------------------------------------------------------------------------------------------
     def invoke(self, name: str, event: Any = None, *, qualifier: str = LATEST,
-               namespace: str = "default") -> Event:
+               namespace: str = "default", wait: bool = True) -> Event:
         ev = self.engine.invoke(name, event, str(qualifier), namespace)
         handle = Event(self, ev.request_id, name)
-        if not ev.fn.async_run:
+        if wait and not ev.fn.async_run:
             self.engine.wait(ev, None)
         return handle
 

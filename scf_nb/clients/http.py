@@ -122,8 +122,8 @@ class HttpClient:
 
     # -- events ---------------------------------------------------------------------------------------------
     def invoke(self, name: str, event: Any = None, *, qualifier: str = LATEST,
-               namespace: str = "default") -> Event:
-        head = json.dumps({"function": name, "qualifier": qualifier, "namespace": namespace})
+               namespace: str = "default", wait: bool = True) -> Event:
+        head = json.dumps({"function": name, "qualifier": qualifier, "namespace": namespace, "wait": wait})
         body = head[:-1] + ', "event": ' + event_text(event) + "}"  # the event's text as the engine checks it
         answer = self._call("POST", "/invoke", raw_body=body.encode("utf-8"), timeout=None)
         return Event(self, answer["request_id"], answer["function_name"])

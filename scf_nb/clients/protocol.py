@@ -86,9 +86,10 @@ class ClientProtocol(Protocol):
 
     # -- events ---------------------------------------------------------------------------------------------------
     def invoke(self, name: str, event: Any = None, *, qualifier: str = LATEST,
-               namespace: str = "default") -> Event:
+               namespace: str = "default", wait: bool = True) -> Event:
         """Invoke a function with ``event`` (JSON data). Async functions return at once with the event
-        QUEUED or RUNNING; sync ones return when it has ended.
+        QUEUED or RUNNING; sync ones return when it has ended, or at once too with ``wait=False`` (its end
+        then through ``wait_event``, ``event_result`` or a done callback).
 
         Raises:
             ScfError: ``ResourceNotFound.Function``, ``InvalidParameterValue.ClientContext`` (not JSON, or

@@ -1,14 +1,15 @@
-"""The engine a Jupyter server hosts, as the REST handlers reach it: every client call runs in a thread pool
-(never on the server's event loop), waits are answered from done callbacks (no thread blocks on them), and one
-subscription to the change feed fans out to every open stream.
+"""The engine a Jupyter server hosts, as the REST handlers reach it: a client call runs in a thread pool (never
+on the server's event loop), but for the two that never block, which ``POST invoke`` makes on the loop (the
+function's in-memory record, and the accept with ``wait=False``); waits are answered from done callbacks (no
+thread blocks on them), and one subscription to the change feed fans out to every open stream.
 
 ::
 
     handler (event loop)                   EngineHost                              engine (embedded Client)
     --------------------                   ----------                              ------------------------
     await host.run(lambda c: c.X(...))     quick pool (reads, writes)       --->   protocol call
-    await host.run(..., slow=True)         long pool (sync invoke, terminate,
-                                           export, purge)                   --->
+    await host.run(..., slow=True)         long pool (terminate, export,
+                                           purge)                           --->
     await host.wait(ids, timeout)          add_done_callback per id -> a future    the feed's callbacks thread
     await host.broker.listen(fn)           one subscribe() for all streams  <---   Changes after each commit
 """
@@ -50,6 +51,14 @@ class EngineHost:
         self._quick = ThreadPoolExecutor(QUICK_THREADS, thread_name_prefix="scf_nb-rest")
         self._slow = ThreadPoolExecutor(SLOW_THREADS, thread_name_prefix="scf_nb-rest-long")
         self.broker = ChangeBroker(self)
+        self._token_user: Any = None
+
+    def token_user(self, make: Callable[[], _T]) -> _T:
+        """The one user every request with the server's token is (``make()`` the first time)."""
+        if self._token_user is None:
+            self._token_user = make()
+        user: _T = self._token_user
+        return user
 
     def engine(self) -> ClientProtocol:
         if self.client is None or self.client.closed:

@@ -64,10 +64,12 @@ def invoke(ctx: Context, p: Params) -> dict[str, Any]:
     event = _client_context(p.text("ClientContext"))
     qualifier = p.text("Qualifier", LATEST) or LATEST
     with_log = p.choice("LogType", ("None", "Tail"), "Tail") == "Tail"  # "None": no Log (spares a store read)
-    handle = ctx.client.invoke(name, event, qualifier=qualifier, namespace=_namespace(p))
+    handle = ctx.client.invoke(name, event, qualifier=qualifier, namespace=_namespace(p),
+                               wait=kind == "RequestResponse")
     rid = handle.request_id
     # An async function answers at once, however it was invoked (SCF: "the function will respond to the event
-    # asynchronously"); a sync one has run by now (the client waited), and Event then answers with its id only.
+    # asynchronously"), and so does any function invoked as Event: with its id only. A sync one invoked as
+    # RequestResponse has run by now (the client waited).
     if kind == "Event" or ctx.client.event_info(rid).get("invoke_type") == "Event":
         return {"Result": {"FunctionRequestId": rid}}
     return {"Result": _sync_result(ctx.client, rid, with_log)}
