@@ -123,18 +123,24 @@ def found_outside(check: Callable[[str], list[Any]], allowed: Callable[[str], bo
         if not allowed(name) and (hits := check(path.read_text())):
             found[name] = hits
     return found
+
+
 STORE_LAYER = {"store/store.py", "store/stats.py", "store/logbuffer.py", "store/query.py"}
 SQL = re.compile(r"\bSELECT\b[\s\S]*\bFROM\b|\bINSERT\s+INTO\b|\bUPDATE\s+\w+\s+SET\b|\bDELETE\s+FROM\b|"
                  r"\b(CREATE|ALTER|DROP)\s+TABLE\b|\bCOPY\s*\(", re.IGNORECASE)
 
 
+def docstring_ids(tree: ast.AST) -> set[int]:
+    """The ``id``s of the docstring constants of ``tree``'s module, classes and functions."""
+    return {id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+
+
 def sql_texts(source: str) -> list[tuple[int, str]]:
     """The string constants and f-string parts of ``source`` that read as SQL (docstrings left out)."""
     tree = ast.parse(source)
-    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
-                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                  and node.body and isinstance(node.body[0], ast.Expr)
-                  and isinstance(node.body[0].value, ast.Constant)}
+    docstrings = docstring_ids(tree)
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.JoinedStr):
@@ -180,10 +186,7 @@ def backend_details(source: str) -> list[tuple[int, str]]:
     """What in ``source`` (code, not docstrings or comments) reaches the loky backend or the OS's process
     details: an import of loky or of the loky subpackage, ``pidfd_open``, a ``/proc`` path."""
     tree = ast.parse(source)
-    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
-                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                  and node.body and isinstance(node.body[0], ast.Expr)
-                  and isinstance(node.body[0].value, ast.Constant)}
+    docstrings = docstring_ids(tree)
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import wait_until
 from ray_handlers import HANDLER, lines, touch
 
@@ -126,3 +127,40 @@ def test_memory_limit_on_ray(ray_scf: Any) -> None:
     assert ev.wait(timeout=60) == "FAILED"
     info = ev.info()
     assert info["error_type"] == "MemoryLimitExceeded" and "memory_mb=200" in info["error_message"]
+
+
+def test_only_the_engines_own_instances_reach_its_events(ray_scf: Any, tmp_path: Path) -> None:
+    """The engine's port on the cluster takes nothing without its key: a peer with another key, one that sends
+    a hello without the handshake, and one that sends garbage are dropped, and the event running meanwhile
+    gets its own lines and result only."""
+    import os
+    import socket
+    from multiprocessing import AuthenticationError
+
+    from scf_nb.instances.loky import wire
+    from scf_nb.instances.ray import link
+
+    ray_scf.create_function("f", HANDLER, async_run=True)
+    gate = tmp_path / "gate"
+    ev = ray_scf.invoke("f", {"n": 7, "gate": str(gate), "started": str(tmp_path / "s")})
+    wait_until(lambda: (tmp_path / "s").exists(), 60, "the event to run")
+    address = ray_scf.engine_info()["backend_info"]["engine_address"]
+    host, _, port = address.rpartition(":")
+    forged = ("hello", "0" * 32, os.getpid(), "node", "127.0.0.1")
+    with pytest.raises((AuthenticationError, OSError, EOFError)):
+        link.connect(address, os.urandom(32), forged)  # another engine's key: the handshake fails
+    for payload in (wire.frame(forged) + wire.frame(("line", 0, "stdout", b"forged line")),
+                    b"\x00\x00\x00\x05garbage" * 100):
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            try:
+                sock.sendall(payload)
+                sock.settimeout(30)
+                while sock.recv(1 << 16):  # the engine's challenge, then it closes the connection
+                    pass
+            except (ConnectionResetError, BrokenPipeError):
+                pass
+    touch(gate)
+    assert ev.result(timeout=60)["n"] == 7
+    assert not any("forged" in line or "garbage" in line for line in ev.logs()["line"])
+    assert [line.split()[:2] for line in lines(ev)][-1:] == [["running", "7"]]
+    assert ray_scf.invoke("f", {"n": 8}).result(timeout=60)["n"] == 8  # the port still serves its own
