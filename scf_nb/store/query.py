@@ -169,11 +169,15 @@ class EventFilter:
         """The query and its parameters."""
         where, params = self._where()
         d = self.order
-        sql = (f"SELECT {', '.join(EVENT_LIST_COLUMNS)} FROM events WHERE {' AND '.join(where)} "
-               f"ORDER BY {ORDER_COLUMNS[self.orderby]} {d} NULLS LAST, event_key {d}")
-        if self.limit is not None:
-            sql += f" LIMIT {self.limit}"
-        return sql + f" OFFSET {self.offset}", params
+        order = f"ORDER BY {ORDER_COLUMNS[self.orderby]} {d} NULLS LAST, event_key {d}"
+        columns = ", ".join(EVENT_LIST_COLUMNS)
+        if self.limit is None:
+            return f"SELECT {columns} FROM events WHERE {' AND '.join(where)} {order} OFFSET {self.offset}", params
+        # A page: its keys first, sorted on two columns only, then those rows' columns (DuckDB's top-N with an
+        # offset reads every column of every row otherwise: 27 vs 15 ms for page 2 of 100k events here).
+        keys = (f"SELECT event_key FROM events WHERE {' AND '.join(where)} {order} "
+                f"LIMIT {self.limit} OFFSET {self.offset}")
+        return f"SELECT {columns} FROM events WHERE event_key IN ({keys}) {order}", params
 
     def count_sql(self) -> tuple[str, list[Any]]:
         """The query counting every event the filter matches (order, offset and limit aside), its parameters."""

@@ -268,8 +268,8 @@ class EventTable(Shown, widgets.VBox):
         toggle = self._toggles.get(rid)
         if toggle is None:
             toggle = widgets.ToggleButton(description="log", layout=self._shared["button"],
-                                          style=self._shared["toggle"], tooltip="show this event's log below")
-            toggle.add_class("scf-select")
+                                          style=self._shared["toggle"], tooltip="show this event's log below",
+                                          _dom_classes=("scf-select",))  # one message, not a second for the class
             toggle.observe(lambda change: self._select(rid, change["new"]), names="value")
             self._toggles[rid] = toggle
         return toggle
