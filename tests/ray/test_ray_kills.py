@@ -149,3 +149,23 @@ def test_an_engine_killed_leaves_no_actor_or_child(tmp_path: Path, ray_cluster: 
     finally:
         scf_nb.shutdown()
     assert not pid_alive(pids["actor"])
+
+
+ACTOR_ID = '''
+import ray
+def main_handler(event, context):
+    return ray.get_runtime_context().get_actor_id()
+'''
+
+
+def test_an_idle_actor_is_ended_through_ray_kill(ray_scf: Any) -> None:
+    """The engine ends an idle instance (at shutdown, on retiring one) by ``ray.kill``: Ray counts that death as
+    asked for, and its driver prints no "A worker died or was killed" line for it. (A running event's kill stays
+    the watchdog's signal, the tests above: that one works inside a GIL-holding C call.)"""
+    import ray._private.state as ray_state  # the GCS's actor table: the dashboard's state API is not running
+
+    ray_scf.create_function("who", ACTOR_ID, async_run=True)
+    actor_id = ray_scf.invoke("who").result(timeout=60)
+    ray_scf.shutdown()
+    wait_until(lambda: (ray_state.actors(actor_id) or {}).get("State") == "DEAD", 30, "the actor to be dead")
+    assert "RAY_KILL" in str(ray_state.actors(actor_id)["DeathCause"])

@@ -151,7 +151,10 @@ class RayBackend:
 
     def kill(self, inst: Instance, grace: float = 0.0) -> None:
         assert isinstance(inst, RayInstance)
-        self._order(inst, signal.SIGTERM if grace > 0 else signal.SIGKILL)
+        if grace <= 0 and inst.event is None and inst.actor is not None and self._ray_kill(inst):
+            pass  # idle: Ray ends it as asked, and its watchdog then kills what the actor left (and exits)
+        else:
+            self._order(inst, signal.SIGTERM if grace > 0 else signal.SIGKILL)
         if grace > 0:
             self.loop.call_later(grace, self._grace_over, inst)
         self.loop.call_later(grace + REAP_AFTER_KILL_S, self._reap_now, inst)
@@ -169,6 +172,16 @@ class RayBackend:
                 self.ray.kill(inst.actor, no_restart=True)
             except Exception:
                 pass
+
+    def _ray_kill(self, inst: RayInstance) -> bool:
+        """``ray.kill`` of the instance's actor; False if Ray would not take it. An actor the engine ends this
+        way is one Ray was told of: Ray's driver prints no "A worker died or was killed" line for it, as it
+        does for a process that dies on a signal (an event's kill must be that: it works inside a C call)."""
+        try:
+            self.ray.kill(inst.actor, no_restart=True)
+        except Exception:
+            return False
+        return True
 
     def _grace_over(self, inst: RayInstance) -> None:
         if inst.state != REAPED:
