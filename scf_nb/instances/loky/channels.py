@@ -90,12 +90,9 @@ class Channels:
 
     def on_conn(self, fd: int, inst: LokyInstance) -> bool:
         """Read what the instance sent; True if anything came."""
-        try:
-            data = inst.conn.recv(_RECV_BYTES, socket.MSG_DONTWAIT)
-        except BlockingIOError:
+        data = wire.read_now(inst.conn, _RECV_BYTES)
+        if data is None:
             return False
-        except OSError:
-            data = b""
         if not data:
             self.close_fd(inst, fd)
             self.host.lost(inst)
@@ -311,11 +308,8 @@ class Channels:
 
     def _drain_conn(self, inst: LokyInstance) -> None:
         while True:
-            try:
-                data = inst.conn.recv(_RECV_BYTES, socket.MSG_DONTWAIT)
-            except OSError:  # nothing more now (BlockingIOError), or gone
-                return
-            if not data:
+            data = wire.read_now(inst.conn, _RECV_BYTES)
+            if not data:  # nothing more now, or gone
                 return
             inst.msgs.extend(inst.reader.feed(data))
             self.handle_msgs(inst)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import resource
 import secrets
+from collections.abc import Iterator
 
 from .worker import INSTANCE_MARK, proc_stats
 
@@ -38,6 +39,21 @@ def new_mark() -> str:
     return f"{os.getpid()}:{secrets.token_hex(8)}"
 
 
+def environments() -> Iterator[tuple[int, list[bytes], bytes]]:
+    """``(pid, /proc stat fields, /proc environ)`` of every process but this one whose environment it may read
+    (one that is gone, or not ours to read, is not ours to kill either)."""
+    me = os.getpid()
+    for pid, fields in proc_stats():
+        if pid == me:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            continue
+        yield pid, fields, environ
+
+
 def leftovers(groups: dict[int, int], marks: set[str]) -> list[int]:
     """The processes a dead engine left running, found by what proves they are its own:
 
@@ -53,16 +69,9 @@ def leftovers(groups: dict[int, int], marks: set[str]) -> list[int]:
         return []
     wanted = {m.encode() for m in marks}
     legacy = {group: str(pid).encode() for group, pid in groups.items()}
-    me = os.getpid()
     found = []
-    for pid, fields in proc_stats():
-        if pid == me:
-            continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                mark = _mark_of(f.read())
-        except OSError:  # gone, or not ours to read (then not ours to kill either)
-            continue
+    for pid, fields, environ in environments():
+        mark = _mark_of(environ)
         if mark is not None and mark in wanted:
             found.append(pid)
         elif len(fields) > 2 and int(fields[2]) in legacy and (

@@ -9,6 +9,7 @@ one syscall. Both sides import this module, so it stays light.
 from __future__ import annotations
 
 import pickle
+import socket
 import struct
 from typing import Any
 
@@ -56,3 +57,12 @@ class Reader:
         return len(self._buf)
 
 
+def read_now(sock: socket.socket, size: int) -> bytes | None:
+    """Up to ``size`` bytes that ``sock`` holds now, without waiting: None if it holds none yet, ``b""`` if the
+    peer closed it or it broke."""
+    try:
+        return sock.recv(size, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""

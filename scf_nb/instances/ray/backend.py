@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...core.errors import ScfError
 from ..backend import BUSY, DYING, NOT_HELD, REAPED, Death, Done, Host, Instance, InstanceRecords, Outcome
+from ..loky import wire
 from ..loky.processes import new_mark
 from .actor import InstanceActor
 from .instance import Acceptor, DeathWatch, RayInstance
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 REAP_AFTER_KILL_S = 3.0  # a killed instance is reaped by then even if its node never answers again
 CAUSE_WAIT_S = 2.0  # an instance that died on its own: how long its event's end waits for the cause
 _CAUSE_RETRY_S = 0.02
+_RECV_BYTES = 1 << 18  # what one read of an instance's channel takes at most
 _RUNS_KEPT = 64  # an instance's last runs whose late lines (from processes they left) still find their event
 
 
@@ -212,12 +214,9 @@ class RayBackend:
         """Read what the watchdog sent; True if anything came."""
         conn = inst.conn
         assert conn is not None
-        try:
-            data = conn.recv(1 << 18, socket.MSG_DONTWAIT)
-        except BlockingIOError:
+        data = wire.read_now(conn, _RECV_BYTES)
+        if data is None:
             return False
-        except OSError:
-            data = b""
         if not data:
             self._close(inst)
             self.host.lost(inst)
@@ -330,11 +329,8 @@ class RayBackend:
 
     def _drain(self, inst: RayInstance) -> None:
         while inst.conn is not None:
-            try:
-                data = inst.conn.recv(1 << 18, socket.MSG_DONTWAIT)
-            except OSError:
-                return
-            if not data:
+            data = wire.read_now(inst.conn, _RECV_BYTES)
+            if not data:  # nothing more now, or gone
                 return
             inst.msgs.extend(inst.reader.feed(data))
             self._pump(inst)

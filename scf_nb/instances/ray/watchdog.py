@@ -36,8 +36,7 @@ from typing import Any
 
 from ...core.logchannel import LineSplitter
 from ..loky import wire
-from ..loky.processes import descendants, rss
-from ..loky.worker import proc_stats
+from ..loky.processes import descendants, environments, rss
 from . import link
 from .actor import INSTANCE_TOKEN
 
@@ -167,19 +166,8 @@ class Watchdog:
                 pass
 
     def _tokened(self) -> list[int]:
-        me = os.getpid()
-        found = []
-        for pid, _fields in proc_stats():
-            if pid == me:
-                continue
-            try:
-                with open(f"/proc/{pid}/environ", "rb") as f:
-                    env = b"\0" + f.read()
-            except OSError:
-                continue
-            if b"\0" + self.needle + b"\0" in env:
-                found.append(pid)
-        return found
+        needle = b"\0" + self.needle + b"\0"
+        return [pid for pid, _fields, environ in environments() if needle in b"\0" + environ]
 
     # -- the actor: its pipes, its messages, its end -------------------------------------------------------------
     def _on_pipe(self, fd: int) -> None:
