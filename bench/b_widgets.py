@@ -100,7 +100,7 @@ def pane_figures(kc: Any, rate: int, seconds: float) -> dict[str, Any]:
                              f"scf_nb.create_function('spew', {SPEW!r}, async_run=True, timeout=120)\n"
                              f"ev = scf_nb.invoke('spew', {{'rate': {rate}, 'seconds': {seconds}}})\n"
                              f"pane = scf_nb.widgets.log_pane(ev.request_id)\n"
-                             f"print(pane._html.model_id, [w.model_id for w in (pane, *pane.children)])")
+                             f"print(pane.html.model_id, [w.model_id for w in (pane, *pane.children)])")
         html_id, *_ = out.split(maxsplit=1)
         ids = set(re.findall(r"'(\w+)'", out))
         updates, others = [], []

@@ -48,7 +48,16 @@ def notebook(home: Path, gates: Path) -> dict[str, Any]:
              f"b = scf_nb.invoke('sleeper', {{'gate': {str(gates / 'b')!r}}})\n"
              f"ids = [ev.request_id, a.request_id, b.request_id]\n"
              f"_ = open({str(gates / 'ids.json')!r}, 'w').write(json.dumps(ids))"),
-        cell("%scf_events --function sleeper"),
+        # (the report: which event the browser said it drew on each line, asked for at the end of the test)
+        cell(f"table = %scf_events --function sleeper\n"
+             f"import os, threading, time\n"
+             f"def report():\n"
+             f"    while not os.path.exists({str(gates / 'report')!r}):\n"
+             f"        time.sleep(0.05)\n"
+             f"    shown = [[line.request_id, line.shown_id, bool(line.toggle.drawn)] for line in table.lines]\n"
+             f"    open({str(gates / 'shown.json')!r}, 'w').write(json.dumps(shown))\n"
+             f"threading.Thread(target=report, daemon=True).start()\n"
+             f"table"),
         cell("%scf_overview"),
     ]
     return {"cells": cells, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
@@ -109,8 +118,19 @@ def test_notebook_views_live_in_a_real_browser(lab: dict[str, Any], tmp_path: Pa
                 shot(page, "last")
         finally:
             browser.close()
-        for name in ("ticker", "a", "b"):  # nothing left waiting, whatever happened
+        for name in ("ticker", "a", "b", "report"):  # nothing left waiting, whatever happened
             (gates / name).write_text("")
+
+
+PENDING_WATCH = """rid => {
+  window.scfPendingSeen = false;
+  const box = [...document.querySelectorAll('.scf-table .scf-row-box')]
+    .find(b => b.querySelector(`.scf-row[data-rid='${rid}']`));
+  const button = box.querySelector('.scf-terminate');
+  new MutationObserver(() => {
+    if (button.disabled && button.textContent.includes('terminating')) window.scfPendingSeen = true;
+  }).observe(button, {attributes: true, childList: true, subtree: true, characterData: true});
+}"""
 
 
 def drive(page: Any, lab: dict[str, Any], gates: Path) -> None:
@@ -159,14 +179,33 @@ def drive(page: Any, lab: dict[str, Any], gates: Path) -> None:
     page.wait_for_selector(f".scf-table .scf-row[data-rid='{b}'][data-status='RUNNING']")
     row_a.locator(".scf-terminate").scroll_into_view_if_needed()
     shot(page, "3-table")
+    # The pending state ("terminating...", disabled) lasts until the refresh that shows ABORTED, which can come
+    # in the same frame: a MutationObserver sees every change of the button, however short-lived.
+    page.evaluate(PENDING_WATCH, a)
     row_a.locator(".scf-terminate").click()
-    page.wait_for_selector(f".scf-table .scf-row-box:has(.scf-row[data-rid='{a}']) .scf-terminate:disabled")
+    page.wait_for_function("() => window.scfPendingSeen === true")
     (gates / "b").write_text("")
     page.wait_for_selector(f".scf-table .scf-row[data-rid='{a}'][data-status='ABORTED']")
     page.wait_for_selector(f".scf-table .scf-row[data-rid='{b}'][data-status='FINISHED']")
     assert table.locator(".scf-count[data-status='ABORTED']").inner_text() == "1"
     row_a.scroll_into_view_if_needed()
     shot(page, "4-terminated")
+
+    # a row's "log" toggle (its line's own, told by the browser which event it drew there) opens that log
+    row_b = table.locator(f".scf-row-box:has(.scf-row[data-rid='{b}'])")
+    row_b.locator(".scf-select").click()
+    page.wait_for_selector(f".scf-table .scf-row.scf-selected[data-rid='{b}']")
+    page.wait_for_selector(".scf-table .scf-logpane .scf-line")
+    assert table.locator(".scf-row.scf-selected").count() == 1
+    (gates / "report").write_text("")  # each line's toggle heard from the browser which event it drew there
+    shown = gates / "shown.json"
+    deadline = time.monotonic() + 30
+    while not shown.exists():
+        assert time.monotonic() < deadline, "the kernel did not report the lines"
+        time.sleep(0.05)
+    lines = json.loads(shown.read_text())
+    assert sorted(rid for rid, _, _ in lines) == sorted([a, b])
+    assert all(drawn and seen == rid for rid, seen, drawn in lines), lines
 
     # the overview picture renders
     picture = page.locator("img.scf-overview-picture")

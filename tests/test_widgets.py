@@ -52,7 +52,7 @@ def badge(html: str) -> str | None:
 
 
 def pane_lines(pane: Any) -> list[str]:
-    return re.findall(r'<span class="scf-line scf-(\w+)">', pane._html.value)
+    return re.findall(r'<span class="scf-line scf-(\w+)">', pane.html.value)
 
 
 def test_event_view_follows_an_event_to_its_end(relay: Relay, tmp_path: Path) -> None:
@@ -63,7 +63,7 @@ def test_event_view_follows_an_event_to_its_end(relay: Relay, tmp_path: Path) ->
     wait_until(lambda: badge(view.header) == "RUNNING", what="the badge to turn RUNNING by itself")
     wait_until(lambda: len(pane_lines(view.pane)) == 8, what="the log pane to show the lines printed so far")
     assert pane_lines(view.pane).count("stderr") == 2  # stdout and stderr told apart
-    assert "err 3" in view.pane._html.value and "running" in view.header
+    assert "err 3" in view.pane.html.value and "running" in view.header
     first = re.search(r'scf-elapsed">running ([^<]+)<', view.header).group(1)
     wait_until(lambda: re.search(r'scf-elapsed">running ([^<]+)<', view.header).group(1) != first,
                what="the elapsed time to move on")
@@ -89,7 +89,7 @@ def test_event_view_of_a_failed_event_shows_the_traceback(relay: Relay) -> None:
 def test_terminate_shows_its_pending_state_at_once_and_is_sent_once(relay: Relay, tmp_path: Path) -> None:
     ev = relay.invoke("work", {"gate": str(tmp_path / "never"), "sigterm": True, "lines": 1})
     view = event_view(ev, client=relay)
-    wait_until(lambda: "out 0" in view.pane._html.value, what="the handler to run")
+    wait_until(lambda: "out 0" in view.pane.html.value, what="the handler to run")
     view.graceful.value = True
     before = relay.calls.count("terminate_event")
     view.terminate_button.click()
@@ -98,7 +98,7 @@ def test_terminate_shows_its_pending_state_at_once_and_is_sent_once(relay: Relay
     wait_until(lambda: view.finished, what="the aborted event's end")
     assert relay.calls.count("terminate_event") - before == 1
     assert badge(view.header) == "ABORTED"
-    wait_until(lambda: "caught SIGTERM" in view.pane._html.value, what="the graceful SIGTERM's line")
+    wait_until(lambda: "caught SIGTERM" in view.pane.html.value, what="the graceful SIGTERM's line")
 
 
 def test_log_pane_is_bounded_sends_batches_and_reads_earlier_lines_back(relay: Relay, tmp_path: Path) -> None:
@@ -107,23 +107,23 @@ def test_log_pane_is_bounded_sends_batches_and_reads_earlier_lines_back(relay: R
     wait_until(lambda: len(ev.logs()) >= 2667, what="the lines before the gate")  # 2000 out + 667 err
     pane = log_pane(ev.request_id, client=relay, max_lines=1000)
     values: list[str] = []
-    pane._html.observe(lambda change: values.append(change["new"]), names="value")  # one message each
+    pane.html.observe(lambda change: values.append(change["new"]), names="value")  # one message each
     wait_until(lambda: pane.window.last_seq == 2667, what="the stored lines")
     assert len(pane_lines(pane)) == 1000 and pane.window.first_shown == 1668
-    assert "lines 1,668-2,667 of 2,667" in pane._html.value
+    assert "lines 1,668-2,667 of 2,667" in pane.html.value
     assert 1 <= len(values) <= 10, len(values)  # in batches, not one message per line
 
     pane.show_earlier()
     assert pane.window.first_shown == 668 and len(pane_lines(pane)) == 1000
     pane.show_earlier()
     assert pane.window.first_shown == 1 and len(pane_lines(pane)) == 667
-    assert pane._earlier.disabled and not pane._latest.disabled
+    assert pane.earlier_button.disabled and not pane.latest_button.disabled
     gate.write_text("")  # new lines arrive while earlier ones are shown: the window stays
     assert ev.wait(60) == "FINISHED"
     wait_until(lambda: pane.ended and pane.window.last_seq == 2967, what="the lines after the gate")
-    assert pane.window.first_shown == 1 and "2,967 received" in pane._html.value
+    assert pane.window.first_shown == 1 and "2,967 received" in pane.html.value
     pane.show_latest()
-    assert pane.window.first_shown == 1968 and "after 299" in pane._html.value
+    assert pane.window.first_shown == 1968 and "after 299" in pane.html.value
     assert len(pane_lines(pane)) == 1000
 
 
@@ -146,7 +146,12 @@ def test_views_show_the_whole_history_after_the_engine_restarted(scf: Any, home:
 
 
 def rows_by_id(table: Any) -> dict[str, Any]:
-    return {line.request_id: line for line in table._lines[:len(table.page_frame)]}
+    return {line.request_id: line for line in table.lines}
+
+
+def buttons(table: Any) -> dict[str, Any]:
+    """The Terminate buttons on the page, by RequestId."""
+    return {line.request_id: line.terminate for line in table.lines if line.terminate is not None}
 
 
 def test_event_table_pages_filters_terminates_and_opens_a_log(relay: Relay, tmp_path: Path) -> None:
@@ -159,8 +164,8 @@ def test_event_table_pages_filters_terminates_and_opens_a_log(relay: Relay, tmp_
     counts = dict(re.findall(r'data-status="(\w+)">([\d,]+)<', table.counts.value))
     assert counts == {"QUEUED": "1", "RUNNING": "2", "FINISHED": "12", "FAILED": "0", "ABORTED": "0"}
     rows = rows_by_id(table)
-    assert set(table._buttons) == {e.request_id for e in held}  # Terminate on the live rows only
-    assert all(rows[rid].box.children[-1] is table._buttons[rid] for rid in table._buttons)
+    assert set(buttons(table)) == {e.request_id for e in held}  # Terminate on the live rows only
+    assert all(rows[rid].box.children[-1] is button for rid, button in buttons(table).items())
     assert held[2].request_id in rows[held[2].request_id].cells.value  # the whole RequestId
 
     table.older.click()
@@ -182,7 +187,7 @@ def test_event_table_pages_filters_terminates_and_opens_a_log(relay: Relay, tmp_
     table.since.value = ""
     assert table.error.value == "" and len(table.page_frame) == 10
 
-    button = table._buttons[held[2].request_id]
+    button = buttons(table)[held[2].request_id]
     button.click()
     assert button.disabled and button.description == "terminating..."
     button.click()
@@ -190,10 +195,10 @@ def test_event_table_pages_filters_terminates_and_opens_a_log(relay: Relay, tmp_
     (tmp_path / "g0").write_text("")  # a sibling finishes meanwhile
     wait_until(lambda: "ABORTED" == rows_by_id(table)[held[2].request_id].status, what="the row to turn ABORTED")
     wait_until(lambda: "FINISHED" == rows_by_id(table)[held[0].request_id].status, what="the sibling to finish")
-    assert held[2].request_id not in table._buttons and len(rows_by_id(table)[held[2].request_id].box.children) == 2
+    assert held[2].request_id not in buttons(table) and len(rows_by_id(table)[held[2].request_id].box.children) == 2
 
     running = rows_by_id(table)[held[1].request_id]
-    running.log.value = True  # select the row: its log pane opens below
+    running.toggle.value = True  # select the row: its log pane opens below
     wait_until(lambda: table.pane is not None and len(pane_lines(table.pane)) == 3, what="the selected row's log")
     assert table.pane.request_id == held[1].request_id and "scf-selected" in running.cells.value
     (tmp_path / "g1").write_text("")
@@ -319,7 +324,7 @@ def test_flush_interval_bounds_the_messages_of_a_fast_log(relay: Relay, tmp_path
     ev = relay.invoke("fast")
     pane = log_pane(ev.request_id, client=relay)
     values: list[float] = []
-    pane._html.observe(lambda change: values.append(time.monotonic()), names="value")
+    pane.html.observe(lambda change: values.append(time.monotonic()), names="value")
     n = ev.result(timeout=60)
     wait_until(lambda: pane.ended, what="the pane to reach the end")
     assert pane.window.last_seq == n
@@ -341,11 +346,11 @@ def test_a_terminate_button_stops_the_event_it_was_drawn_for_when_the_rows_moved
     older = relay.invoke("work", {"gate": str(tmp_path / "never1")})
     wait_until(lambda: older.status == "RUNNING", what="the first event to run")
     table = event_table(client=relay)
-    button = table._buttons[older.request_id]
-    assert rows_by_id(table)[older.request_id] is table._lines[0]
+    button = buttons(table)[older.request_id]
+    assert rows_by_id(table)[older.request_id] is table.lines[0]
     newer = relay.invoke("work", {"gate": str(tmp_path / "never2")})  # it takes the first line
-    wait_until(lambda: table._lines[0].request_id == newer.request_id, what="the rows to move")
-    assert table._lines[1].box.children[-1] is button and table._buttons[newer.request_id] is not button
+    wait_until(lambda: table.lines[0].request_id == newer.request_id, what="the rows to move")
+    assert table.lines[1].box.children[-1] is button and buttons(table)[newer.request_id] is not button
     button.click()  # the click of a user who aimed at the older event before the rows moved
     assert older.wait(30) == "ABORTED" and newer.status == "RUNNING"
     newer.terminate()
@@ -484,7 +489,7 @@ def test_a_hidden_pane_collects_lines_without_drawing_and_draws_them_when_shown(
     assert len(pane.window.tail) == 20  # bounded while hidden
     pane.set_state({"_view_count": 1})
     wait_until(lambda: pane.ended, what="the pane to draw once shown")
-    assert len(pane_lines(pane)) == 20 and "after 49" in pane._html.value and pane.messages == messages + 1
+    assert len(pane_lines(pane)) == 20 and "after 49" in pane.html.value and pane.messages == messages + 1
     pane.close()
 
 
@@ -505,7 +510,7 @@ def test_a_failed_terminate_request_can_be_sent_again(scf: Any, tmp_path: Path) 
     relay.create_function("work", WORK, async_run=True, concurrency=2)
     one, two = (relay.invoke("work", {"gate": str(tmp_path / "never"), "lines": 1}) for _ in range(2))
     view = event_view(one, client=relay)
-    wait_until(lambda: "out 0" in view.pane._html.value, what="the handler to run")
+    wait_until(lambda: "out 0" in view.pane.html.value, what="the handler to run")
     view.terminate_button.click()
     assert "ConnectionError: the server went away" in view.notice.value
     assert not view.terminate_button.disabled and view.terminate_button.description == "Terminate"
@@ -515,8 +520,8 @@ def test_a_failed_terminate_request_can_be_sent_again(scf: Any, tmp_path: Path) 
 
     relay.failures = 1
     table = event_table(client=relay)
-    wait_until(lambda: two.request_id in table._buttons, what="the live row's button")
-    button = table._buttons[two.request_id]
+    wait_until(lambda: two.request_id in buttons(table), what="the live row's button")
+    button = buttons(table)[two.request_id]
     button.click()
     assert "ConnectionError" in table.error.value and not button.disabled and button.description == "Terminate"
     button.click()
@@ -526,18 +531,32 @@ def test_a_failed_terminate_request_can_be_sent_again(scf: Any, tmp_path: Path) 
 
 
 def test_a_log_toggle_opens_the_event_it_was_drawn_for_when_the_rows_moved(relay: Relay) -> None:
+    """What a browser does, message for message: it applies a redraw of a line (its jsdlink then sends the
+    line's cells as the toggle's ``drawn``), and a click sends the toggle's value. A click sent before the
+    browser applied a move of the rows comes with the ``drawn`` of the rows before it."""
     older = relay.invoke("work", {"lines": 1})
     assert older.wait(60) == "FINISHED"
     table = event_table(client=relay)
-    line = rows_by_id(table)[older.request_id]
-    toggle = line.box.children[1]  # the "log" toggle the browser shows beside the older event
+    line = table.lines[0]
+    assert line.request_id == older.request_id
+    line.toggle.set_state({"drawn": line.cells.value})  # the browser drew the older event on the first line
     newer = relay.invoke("work", {"lines": 2})
     assert newer.wait(60) == "FINISHED"
     wait_until(lambda: table.page_frame.request_id.iloc[0] == newer.request_id, what="the rows to move")
-    toggle.value = True  # the click, sent before the browser drew the move
+    assert line.request_id == newer.request_id and newer.request_id in line.cells.value
+    line.toggle.set_state({"value": True})  # the click, sent before the browser applied the move
     assert table.pane is not None and table.pane.request_id == older.request_id
-    assert rows_by_id(table)[older.request_id].box.children[1].value is True
-    assert rows_by_id(table)[newer.request_id].box.children[1].value is False
+    assert rows_by_id(table)[older.request_id].toggle.value is True
+    assert rows_by_id(table)[newer.request_id].toggle.value is False
+
+    moved = rows_by_id(table)[newer.request_id]  # (the first line, now showing the newer event)
+    moved.toggle.set_state({"drawn": moved.cells.value})  # the browser applied the move: its copy came first
+    moved.toggle.set_state({"value": True})
+    assert table.pane.request_id == newer.request_id
+    assert rows_by_id(table)[newer.request_id].toggle.value is True
+    assert rows_by_id(table)[older.request_id].toggle.value is False
+    moved.toggle.set_state({"value": False})  # clicked again: unselected, the pane closes
+    assert table.pane is None and not any(line.toggle.value for line in table.lines)
     table.close()
 
 
@@ -554,7 +573,7 @@ def test_a_pane_of_one_stream_shows_only_its_lines_and_reads_earlier_ones_of_it(
     assert set(pane_lines(pane)) <= {"stderr"}
     for _ in range(20):
         pane.show_earlier()
-    assert set(pane_lines(pane)) == {"stderr"} and "</span> err 0</span>" in pane._html.value
+    assert set(pane_lines(pane)) == {"stderr"} and "</span> err 0</span>" in pane.html.value
     first = stored[stored.stream == "stderr"].seq.iloc[0]
     assert pane.window.first_shown == first
     with pytest.raises(ScfError, match="InvalidParameterValue.Stream"):

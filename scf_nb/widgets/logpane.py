@@ -107,16 +107,17 @@ class LogPane(Shown, widgets.VBox):
         self._hub = hub_for(self._client)
         last = self._client.event_info(request_id)["log_seq"]  # an unknown id raises here, at once
         self._follower: Follower = self._client.follow(request_id, since_seq=max(0, last - max_lines))
-        self._html = widgets.HTML(value=self._draw())
-        self._earlier = widgets.Button(description="show earlier", disabled=True,
-                                       layout=widgets.Layout(width="auto"))
-        self._latest = widgets.Button(description="show latest", disabled=True, layout=widgets.Layout(width="auto"))
-        self._earlier.on_click(lambda _: self.show_earlier())
-        self._latest.on_click(lambda _: self.show_latest())
-        self._earlier.add_class("scf-earlier")
-        self._latest.add_class("scf-latest")
+        self.html = widgets.HTML(value=self._draw())
+        self.earlier_button = widgets.Button(description="show earlier", disabled=True,
+                                             layout=widgets.Layout(width="auto"))
+        self.latest_button = widgets.Button(description="show latest", disabled=True,
+                                            layout=widgets.Layout(width="auto"))
+        self.earlier_button.on_click(lambda _: self.show_earlier())
+        self.latest_button.on_click(lambda _: self.show_latest())
+        self.earlier_button.add_class("scf-earlier")
+        self.latest_button.add_class("scf-latest")
         self._style = render.style_sheet()
-        super().__init__([self._style, widgets.HBox([self._earlier, self._latest]), self._html], **kwargs)
+        super().__init__([self._style, widgets.HBox([self.earlier_button, self.latest_button]), self.html], **kwargs)
         self.add_class("scf-logpane")
         self._track_views()
         self._thread = threading.Thread(target=self._follow, name="scf_nb-logpane", daemon=True)
@@ -181,12 +182,12 @@ class LogPane(Shown, widgets.VBox):
     def _redraw(self, ended: bool) -> None:
         with self._drawing:
             value = self._draw(ended)
-            if value != self._html.value:
-                self._html.value = value
+            if value != self.html.value:
+                self.html.value = value
                 self.messages += 1
             w = self._window
-            self._earlier.disabled = not w.has_earlier()
-            self._latest.disabled = w.live
+            self.earlier_button.disabled = not w.has_earlier()
+            self.latest_button.disabled = w.live
 
     def _draw(self, ended: bool = False) -> str:
         w = self._window
@@ -233,6 +234,6 @@ class LogPane(Shown, widgets.VBox):
             return
         self._follower.close()
         self._hub.forget(self)
-        for child in (self._style, self._html, self._earlier, self._latest, *self.children):
+        for child in (self._style, self.html, self.earlier_button, self.latest_button, *self.children):
             child.close()
         super().close()
