@@ -69,7 +69,14 @@ def cli(env: dict[str, str], home: Path, *args: str, stdin: str | None = None,
 
 def popen(env: dict[str, str], home: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "scf_nb.cli", "--home", str(home), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_interruptible)
+
+
+def _interruptible() -> None:
+    """(In the child, before it runs.) SIGINT does what Ctrl-C does in a terminal, even when this test run was
+    started with SIGINT ignored, as a script's background job is: the child would inherit that, and Python
+    then never raises KeyboardInterrupt (two tests failed so, the CLI being right)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 class Lines:
