@@ -70,9 +70,14 @@ class Row:
                                   _dom_classes=("scf-select",))  # one message, not a second for the class
         self._link = widgets.jsdlink((self.cells, "value"), (self.toggle, "drawn"))
         self.toggle.observe(lambda change: on_click(self, change["new"]), names="value")
-        self.terminate: widgets.Button | None = None
         self.box = widgets.HBox([self.cells, self.toggle], layout=shared["row"])
         self.box.add_class("scf-row-box")
+
+    @property
+    def terminate(self) -> widgets.Button | None:
+        """The Terminate button drawn on this line (its event is live), else None."""
+        children = self.box.children
+        return children[2] if len(children) > 2 else None
 
     @property
     def shown_id(self) -> str:
@@ -95,7 +100,6 @@ class Row:
         toggle = self.toggle
         if toggle.value != selected:
             toggle.value = selected
-        self.terminate = terminate
         children = (self.cells, toggle) if terminate is None else (self.cells, toggle, terminate)
         if self.box.children != children:
             self.box.children = children
@@ -301,14 +305,9 @@ class EventTable(Shown, widgets.VBox):
             if self._drawing:
                 return
             rid = line.shown_id
-            if on:
-                self._selected = rid
-            elif self._selected == rid:
-                self._selected = None
-            else:  # it unselected a line that no longer shows the selected event: draw the selection again
-                self._redraw_rows()
-                return
-            self._open_pane(self._selected)
+            if on or self._selected == rid:  # (else: it unselected a line that no longer shows the selection)
+                self._selected = rid if on else None
+                self._open_pane(self._selected)
             self._redraw_rows()
 
     def _redraw_rows(self) -> None:
