@@ -83,6 +83,10 @@ BUSY_ENGINE = textwrap.dedent('''
         if time.monotonic() > deadline:
             sys.exit("the instances did not start")
         time.sleep(0.01)
+    while [ev.status for ev in running] != ["RUNNING", "RUNNING"]:  # claimed, and the engine knows it
+        if time.monotonic() > deadline:
+            sys.exit("the two events did not start")
+        time.sleep(0.01)
     deadline = time.monotonic() + 10
     while glob.glob(f"/dev/shm/sem.loky-{os.getpid()}-*") and time.monotonic() < deadline:
         time.sleep(0.01)  # named semaphores that a kill would leave to loky's resource tracker (bounded)
