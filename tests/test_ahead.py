@@ -23,7 +23,7 @@ from conftest import GATE, wait_until
 
 import scf_nb
 from scf_nb.instances.loky.ahead import RECORDS, Claims, Shared
-from scf_nb.instances.loky.sending import Sending
+from scf_nb.instances.loky.sending import RESERVE, Ahead, Sending
 
 HANDLER = GATE + r'''
 def main_handler(event, context):
@@ -433,6 +433,22 @@ def test_terminates_at_random_in_a_stream_of_events(scf: Any) -> None:
         assert aborted > 0
     finally:
         scf.configure(max_qps=type(scf.configure())().max_qps)
+
+
+def test_records_reserved_ahead_never_overwrite_an_undecided_event(tmp_path: Path) -> None:
+    """The engine makes records PENDING ``RESERVE`` at a time, before the events that will use them exist (a
+    worker claims only among the runs it was sent, so a record reserved early is no event to anyone); an
+    early reservation stops at a record that still holds an undecided event (the ring is 256 records)."""
+    ahead = Ahead(str(tmp_path / "records"))
+    assert ahead.reserve(1) == 1 and ahead.reserved == RESERVE  # one take of the lock for the next RESERVE
+    while ahead.seq < RECORDS - 2:
+        ahead.seq += 1  # (events that came and were decided: here, left PENDING, as if their runs were pending)
+        assert ahead.reserve(1) == 1
+    assert ahead.reserved == RECORDS  # the ring is full: record RECORDS + 1 would overwrite undecided record 1
+    assert ahead.reserve(3) == 2 and ahead.reserve(3) == 2  # so the ring stops it, however often it is asked
+    assert ahead.shared.revoke(1) is True  # record 1 is decided now: its place can be reused
+    assert ahead.reserve(3) == 3 and ahead.reserved >= RECORDS + 1
+    ahead.shared.remove()
 
 
 def test_records_decide_start_or_take_back(tmp_path: Path) -> None:

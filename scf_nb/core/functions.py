@@ -6,6 +6,7 @@ import ast
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from .config import ASYNC_DEFAULT_TIMEOUT_S, SYNC_DEFAULT_TIMEOUT_S
@@ -44,8 +45,8 @@ class Function:
     created_at: float = 0.0
     updated_at: float = 0.0
 
-    @property
-    def key(self) -> tuple[str, str]:
+    @cached_property
+    def key(self) -> tuple[str, str]:  # (asked a dozen times per event: made once)
         return (self.namespace, self.name)
 
     @property

@@ -41,6 +41,7 @@ UNREAD_MAX_BYTES = 96 * 1024
 UNREAD_MAX_RUNS = 32
 CLAIMS_POLL_S = 0.001  # an idle instance offered an event: the records are read after this (doubling) ...
 CLAIMS_POLL_MAX_S = 0.05  # ... up to this, until it has claimed, or said it claimed none
+RESERVE = 16  # records made PENDING per take of their lock, ahead of the events that will use them
 RETRY_S = 0.02  # a ban that could not be lifted (a worker held the records' lock) is tried again after this
 _POKE = wire.frame(("poke",))  # to an idle instance that holds an offered run already: claim now
 
@@ -53,13 +54,22 @@ def _small(payload: str) -> bool:
 class Ahead:
     """One function's events sent ahead that no worker is known to have started, oldest first."""
 
-    __slots__ = ("shared", "pending", "seq", "offered")
+    __slots__ = ("shared", "pending", "seq", "reserved", "offered")
 
     def __init__(self, path: str) -> None:
         self.shared = Shared(path)
         self.pending: deque[tuple[EventState, int, bytes]] = deque()  # (event, record number, its "run" frame)
         self.seq = 0
+        self.reserved = 0  # records up to this one are PENDING already (those after seq: for the next events)
         self.offered: dict[int, LokyInstance] = {}  # record number -> the idle instance it was offered to
+
+    def reserve(self, n: int) -> int:
+        """Make the next ``n`` records PENDING (or as many as the ring allows); returns how many are. Records
+        are reserved ``RESERVE`` at a time, in one take of the lock: a record no run was sent for is claimed
+        by no worker (each claims only among the runs it holds), so reserving early changes nothing else."""
+        if self.reserved < self.seq + n:
+            self.reserved += self.shared.reserve_many(self.reserved + 1, max(RESERVE, self.seq + n - self.reserved))
+        return min(n, self.reserved - self.seq)
 
     def take(self, seq: int) -> EventState | None:
         """``seq`` is decided (claimed, or taken back): off the pending ones; the idle instance it was offered
@@ -140,7 +150,7 @@ class Sending:
         ahead = self.ahead.get(key) or self._of(key)
         seq = None if from_fifo else ahead.entry(ev)
         if seq is None:
-            if not ahead.shared.reserve(ahead.seq + 1):
+            if not ahead.reserve(1):
                 return False
             seq = ahead.add(ev)
             pool: Sequence[LokyInstance] = self.host.pools.get(key, ())  # type: ignore[assignment]
@@ -182,7 +192,7 @@ class Sending:
             if len(batch) + len(ahead.pending) >= cap or ev.fn.revision != head.fn.revision or not _small(ev.payload):
                 break
             batch.append(ev)
-        made = ahead.shared.reserve_many(ahead.seq + 1, len(batch)) if batch else 0
+        made = ahead.reserve(len(batch)) if batch else 0
         for ev in batch[:made]:
             ahead.add(ev)
         if made:
@@ -305,6 +315,8 @@ class Sending:
                 continue
             if now >= due:
                 synced = self.sync_claims(key)
+                if self._offering.get(key) != (due, delay):  # a claim it bound answered the offers (``_answered``),
+                    continue  # and any made since start their looks afresh
                 if synced and not ahead.offered and not self._idle_may_claim(key):
                     del self._offering[key]
                     continue
@@ -314,6 +326,13 @@ class Sending:
             wait = min(wait, due - now)
         self.turn_due = bool(self._offering)
         return max(0.0, wait)
+
+    def _answered(self, key: tuple[str, str] | None, ahead: Ahead) -> None:
+        """An offer of function ``key`` was answered: once none is open and no idle instance may claim on its own,
+        the looks at its records stop now, not at the end of the turn (a round trip's usual case)."""
+        if key in self._offering and not ahead.offered and not self._idle_may_claim(key):
+            del self._offering[key]
+            self.turn_due = bool(self._offering)
 
     def _idle_may_claim(self, key: tuple[str, str]) -> bool:
         """Whether an idle instance of function ``key`` holds a run that is still pending (it may claim it)."""
@@ -402,6 +421,7 @@ class Sending:
         ahead = self.ahead.get(inst.key) if inst.key is not None else None
         if ahead is not None and received >= inst.offer_at:
             ahead.unoffer(inst)
+            self._answered(inst.key, ahead)
         if inst.state == IDLE:
             self.host.need_dispatch()
 
@@ -411,6 +431,7 @@ class Sending:
         ahead = self.ahead[inst.key]  # type: ignore[index]
         ahead.unoffer(inst)
         nxt = self.claimed(inst, seq)
+        self._answered(inst.key, ahead)  # (before the engine offers more)
         if nxt is not None and self.host.started(inst, nxt, self.host.wall(claimed_at)):
             self.feed(inst, ahead)  # it must hold every pending run before it may claim one at its end
 
