@@ -365,3 +365,28 @@ def test_socket_folders_of_dead_engines_are_removed(scf: Any) -> None:
         assert not stale.exists() and mine.exists()
     finally:
         mine.rmdir()
+
+
+def _thread_cpu_s(native_id: int) -> float:
+    with open(f"/proc/self/task/{native_id}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_the_engine_thread_polls_only_briefly_after_work_then_sleeps(scf: Any) -> None:
+    """After a turn the engine's loop polls for ``SPIN_S`` (200 us) before it sleeps, so a "done" or the next
+    invoke finds it awake; an idle engine must not keep polling: over a second with nothing to do (its
+    instances are warm, no timer is due but the idle reaper's), its thread uses next to no CPU. Polling for
+    that second would cost ~1 s of CPU."""
+    from scf_nb.engine.loop import SPIN_S
+
+    assert 0 < SPIN_S <= 0.001
+    scf.create_function("idle", WORKER, async_run=True, concurrency=2)
+    for ev in [scf.invoke("idle", {}) for _ in range(50)]:
+        assert ev.wait(30) == "FINISHED"
+    thread = scf.client().engine.loop.thread
+    before, t0 = _thread_cpu_s(thread.native_id), time.monotonic()
+    while time.monotonic() - t0 < 1.0:  # (this thread sleeps too: the interval is measured, not waited on)
+        time.sleep(0.05)
+    used = _thread_cpu_s(thread.native_id) - before
+    assert used < 0.2, f"the idle engine thread used {used:.2f} s of CPU in 1 s"
