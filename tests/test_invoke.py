@@ -241,12 +241,14 @@ def test_untraced_function_returns_a_working_event_but_lists_nothing(scf: Any) -
     assert int(scf.overview("quiet")["count"].sum()) == 0
 
 
-def test_info_has_times_durations_and_memory(scf: Any) -> None:
+def test_info_has_times_durations_and_memory(scf: Any, tmp_path: Path) -> None:
     scf.create_function("measured", WORKER, async_run=True)
-    ev = scf.invoke("measured", {"n": 1, "sleep": 0.2})
+    gate = tmp_path / "gate"  # held RUNNING until looked at (a 0.2 s sleep alone was over, on a slow machine,
+    ev = scf.invoke("measured", {"n": 1, "sleep": 0.2, "gate": str(gate)})  # before its line was read)
     wait_line(ev, "running 1")
     live = ev.info()
     assert live["status"] == "RUNNING" and live["end_time"] is None
+    gate.touch()
     ev.result(timeout=30)
     info = ev.info()
     assert info["status"] == "FINISHED"
