@@ -390,3 +390,28 @@ def test_the_engine_thread_polls_only_briefly_after_work_then_sleeps(scf: Any) -
         time.sleep(0.05)
     used = _thread_cpu_s(thread.native_id) - before
     assert used < 0.2, f"the idle engine thread used {used:.2f} s of CPU in 1 s"
+
+
+def _process_cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_an_idle_instance_polls_only_briefly_after_an_event_then_sleeps(scf: Any) -> None:
+    """After an event a worker looks at its socket for ``SPIN_S`` (300 us) before it blocks, so the next run
+    finds it awake; an idle instance must not keep looking: over a second with nothing to do, its process
+    uses next to no CPU (looking for that second would cost ~1 s)."""
+    from scf_nb.instances.loky.worker import SPIN_S
+
+    assert 0 < SPIN_S <= 0.001
+    scf.create_function("idle", WORKER, async_run=True, concurrency=2)
+    evs = [scf.invoke("idle", {}) for _ in range(50)]
+    for ev in evs:
+        assert ev.wait(30) == "FINISHED"
+    pids = {ev.info()["instance_pid"] for ev in evs}
+    before, t0 = {pid: _process_cpu_s(pid) for pid in pids}, time.monotonic()
+    while time.monotonic() - t0 < 1.0:  # (the interval is measured, not waited on)
+        time.sleep(0.05)
+    used = {pid: _process_cpu_s(pid) - before[pid] for pid in pids}
+    assert max(used.values()) < 0.2, f"idle instances used {used} s of CPU in 1 s"

@@ -109,6 +109,7 @@ class Channels:
         while inst.msgs:
             msg = inst.msgs.popleft()
             handled = True
+            inst.looking = False  # (it may have looked before the last send: then it is poked once more)
             if msg[0] == "done":
                 self._on_done(inst, msg)
             elif msg[0] == "read":

@@ -51,6 +51,9 @@ class LokyInstance(Instance):
         self.unread_bytes = 0
         self.acked = 0
         self.offer_at = 0  # how many runs it had been sent when it was offered ``offer`` (a record number)
+        # It was sent a run or a poke since its last message: it will look at every run it holds (and say
+        # what it did, by a "done" or a "read") without being poked again.
+        self.looking = False
         # lines that may be of an event it claimed idle (unsure)
         self.unbound: list[tuple[LineSplitter, list[str]]] = []
         self.settling = False  # the engine is catching up with what it claimed, before a kill

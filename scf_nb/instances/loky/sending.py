@@ -159,8 +159,10 @@ class Sending:
                     self.feed(busy, ahead)
         ahead.offered[seq] = inst
         inst.offer = seq
-        if inst.sent_upto >= seq:  # it holds the run already (sent ahead while it was busy, or banned): it looks
-            self._poke(inst)  # again at what it holds only when something comes
+        if inst.looking:  # it was sent something since it last spoke: it looks at all it holds, and says so
+            pass  # (then it is offered this again, if still pending): not a send for every event meanwhile
+        elif inst.sent_upto >= seq:  # it holds the run already (sent ahead while it was busy, or banned): it
+            self._poke(inst)  # looks again at what it holds only when something comes
         else:
             self.feed(inst, ahead, upto=seq)
         inst.offer_at = inst.acked + len(inst.unread)  # a "read" covering this many runs answers the offer
@@ -371,6 +373,7 @@ class Sending:
         return bool(ahead.shared.release(seq, owner))
 
     def _poke(self, inst: LokyInstance) -> None:
+        inst.looking = True
         try:
             inst.conn.sendall(_POKE)
         except (OSError, ValueError):
@@ -398,6 +401,7 @@ class Sending:
             inst.sent_upto = seq
         inst.unread_bytes = unread
         if frames:
+            inst.looking = True
             try:
                 inst.conn.sendall(b"".join(frames) if len(frames) > 1 else frames[0])
             except (OSError, ValueError):  # it is gone: nothing it was sent can be claimed by it any more
