@@ -62,6 +62,36 @@ def test_request_ids_carry_their_key() -> None:
     assert key_of("zzzzzzzz-zzzz-4000-8000-000000000000") is None
 
 
+def test_request_ids_taken_from_many_threads_are_unique_uuid_shaped_and_carry_rising_keys() -> None:
+    import re
+    import threading
+    import uuid
+
+    from scf_nb.core.records import RequestIds
+
+    ids = RequestIds(1000)
+    taken: list[list[tuple[int, str]]] = [[] for _ in range(4)]
+
+    def take(mine: list[tuple[int, str]]) -> None:
+        for _ in range(3 * RequestIds.BATCH):
+            mine.append(ids.take())
+
+    threads = [threading.Thread(target=take, args=(mine,)) for mine in taken]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    pairs = [p for mine in taken for p in mine]
+    assert len({k for k, _ in pairs}) == len({r for _, r in pairs}) == len(pairs) == 12 * RequestIds.BATCH
+    assert min(k for k, _ in pairs) == 1000
+    for mine in taken:  # each thread sees its keys rise
+        assert [k for k, _ in mine] == sorted(k for k, _ in mine)
+    for key, rid in pairs[:: RequestIds.BATCH // 4]:
+        assert key_of(rid) == key
+        assert uuid.UUID(rid).version == 4 and uuid.UUID(rid).variant == uuid.RFC_4122
+        assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", rid)
+
+
 def test_statuses_only_move_forward() -> None:
     assert can_move(Status.QUEUED, Status.RUNNING) and can_move(Status.RUNNING, Status.ABORTED)
     assert not can_move(Status.FINISHED, Status.FAILED) and not can_move(Status.RUNNING, Status.QUEUED)

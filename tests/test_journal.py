@@ -14,6 +14,7 @@ import pytest
 
 from scf_nb.core.errors import ScfError
 from scf_nb.core.functions import check_name
+from scf_nb.core.records import make_request_id
 
 KILLED = textwrap.dedent('''
     import json, os, signal, sys
@@ -47,6 +48,42 @@ def test_every_request_id_returned_before_a_sigkill_is_recorded(scf: Any, home: 
     assert scf.count_events("held") == 50
 
 
+THREADS_KILLED = textwrap.dedent('''
+    import json, os, signal, sys, threading, time
+    import scf_nb
+    scf_nb.configure(home=sys.argv[1], max_qps=1e9, flush_interval=0.01)
+    scf_nb.create_function("quick", "def main_handler(event, context):\\n    return event\\n", async_run=True,
+                           concurrency=2)
+    ids, stop = [], time.monotonic() + 1.5
+    def invoking(t):
+        n = 0
+        while time.monotonic() < stop:  # the writer commits and settles the journal all along
+            ids.append(scf_nb.invoke("quick", {"t": t, "n": n}).request_id)
+            n += 1
+    threads = [threading.Thread(target=invoking, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print("IDS", json.dumps(ids), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+''')
+
+
+def test_no_request_id_is_lost_when_threads_invoke_while_the_writer_commits_and_then_a_sigkill(
+        scf: Any, home: Path) -> None:
+    run = subprocess.run([sys.executable, "-c", THREADS_KILLED, str(home / "threads")], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == -9, run.stderr
+    ids = json.loads(next(line[4:] for line in run.stdout.splitlines() if line.startswith("IDS ")))
+    assert len(ids) > 100
+    scf.configure(home=str(home / "threads"))
+    frame = scf.list_events("quick", limit=None)
+    assert sorted(frame["request_id"]) == sorted(ids)  # each one, once
+    assert set(frame["status"]) <= {"FINISHED", "FAILED"}
+    assert (frame["status"] == "FINISHED").any()  # most had ended and were committed before the kill
+
+
 @pytest.mark.parametrize("name", ["f\n", "f\t", "f\nx", " f"])
 def test_a_function_name_with_whitespace_is_refused(name: str) -> None:
     with pytest.raises(ScfError) as err:
@@ -54,11 +91,15 @@ def test_a_function_name_with_whitespace_is_refused(name: str) -> None:
     assert err.value.code == "InvalidParameterValue.FunctionName"
 
 
+_FN = object()  # the function all _Accepted events share
+
+
 class _Accepted:
     """What the journal reads of an accepted event (an EventState has these and more)."""
 
     def __init__(self, key: int) -> None:
-        self.key, self.request_id, self.function_name, self.namespace = key, f"rid-{key}", "f", "default"
+        self.fn = _FN
+        self.key, self.request_id, self.function_name, self.namespace = key, make_request_id(key), "f", "default"
         self.qualifier, self.invoke_type, self.traced, self.start_time = "$LATEST", "async", True, 1.5 + key
         self.payload = json.dumps({"k": key, "s": "tab\there\nnewline ünï"}, ensure_ascii=False)
 
@@ -76,10 +117,12 @@ def test_the_journal_skips_a_torn_line_and_compacts_to_what_is_unwritten(tmp_pat
         data = f.read()
         end = data.index(b"\0")
         f.seek(end)
-        f.write(b"4\trid-4\tf\tdefault\t$LAT")
+        f.write(f"{make_request_id(4)}\tf\tdefault\t$LAT".encode())
     j = J.Journal(path)
     rows = j.read()
-    assert [r[J.EVENT_COLUMNS.index("request_id")] for r in rows] == ["rid-1", "rid-2", "rid-3"]
+    assert [r[J.EVENT_COLUMNS.index("request_id")] for r in rows] == [ev.request_id for ev in events]
+    assert [r[0] for r in rows] == [1, 2, 3]  # the key, from the RequestId
+    assert rows[0][J.EVENT_COLUMNS.index("start_time")] == events[0].start_time
     assert rows[0][J.EVENT_COLUMNS.index("payload")] == events[0].payload
     j.settle([])
     assert j.read() == []
@@ -94,3 +137,62 @@ def test_the_journal_skips_a_torn_line_and_compacts_to_what_is_unwritten(tmp_pat
     assert [r[0] for r in J.Journal(path).read()] == [many[-2].key, many[-1].key, 99]
     j.close(remove=True)
     assert not path.exists()
+
+
+def test_a_journal_left_by_an_engine_of_the_older_line_format_is_read(tmp_path: Path) -> None:
+    """Lines of an engine before 2026-12-03 start with the key and hold the start time in seconds: an engine
+    killed before an upgrade still has its accepted events recorded by the next one."""
+    from scf_nb.store import journal as J
+
+    path = tmp_path / "old.accepted"
+    rid = make_request_id(7)
+    path.write_bytes(f"7\t{rid}\tf\tdefault\t$LATEST\tasync\t1\t1712345678.25\t{{\"a\": 1}}\n".encode())
+    j = J.Journal(path)
+    try:
+        (row,) = j.read()
+        col = J.EVENT_COLUMNS.index
+        assert (row[0], row[col("request_id")], row[col("start_time")], row[col("payload")]) == \
+            (7, rid, 1712345678.25, '{"a": 1}')
+        j.add(_Accepted(8))  # type: ignore[arg-type]  # a new line after the old one: both read
+        assert [r[0] for r in J.Journal(path).read()] == [7, 8]
+    finally:
+        j.close(remove=True)
+
+
+def test_a_journal_line_written_after_its_event_reached_the_file_changes_nothing_on_recovery(tmp_path: Path) -> None:
+    """``invoke`` writes its line once it let go of the store's lock: by then the writer may have committed the
+    event and emptied the journal. The next engine finds a line for an event the file has, and keeps the
+    file's record (here FINISHED) instead of adding it again or failing it."""
+    from scf_nb.core.functions import make_function
+    from scf_nb.core.records import EventState, make_request_id
+    from scf_nb.core.status import Status
+    from scf_nb.store.store import Store
+
+    path = tmp_path / "s.duckdb"
+    fn = make_function("late", "def main_handler(event, context):\n    return 1\n", async_run=True, trace=True,
+                       timeout=None, concurrency=None, qps_limit=None, handler="main_handler",
+                       namespace="default", env=None, memory_mb=None, description="")
+    store = Store(path, 256, lambda events: None)
+    done = EventState(1, make_request_id(1), fn, fn.version, "{}", 100.0)
+    queued = EventState(2, make_request_id(2), fn, fn.version, '{"n": 2}', 101.0)
+    with store.lock:
+        store.add_event(done)
+        done.end(Status.FINISHED, 102.0, duration_ms=5.0)
+        store.changed(done)
+    store.sync()  # in the file, FINISHED; the journal settled (empty)
+    assert store.journal.read() == []
+    store.journal.add(done)  # the late line
+    with store.lock:
+        store.add_event(queued)
+    store.journal.add(queued)
+    store.journal.close(remove=False)  # the process dies here: nothing more reaches the file
+    store._db.close()
+
+    again = Store(path, 256, lambda events: None)
+    try:
+        assert again.recover("engine lost", 200.0, "1:mark") == 1  # only the queued one was unfinished
+        rows = dict(again.cursor().execute("SELECT event_key, status FROM events ORDER BY event_key").fetchall())
+        assert rows == {1: "FINISHED", 2: "FAILED"}
+        assert again.journal.read() == []
+    finally:
+        again.close()

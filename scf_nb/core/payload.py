@@ -22,6 +22,8 @@ def event_text(event: Any) -> str:
 
 def encode_event(event: Any, async_run: bool) -> str:
     """The event as JSON text within SCF's size limit (128 KB async, 6 MB sync)."""
+    if event is None:  # the common notebook call, ``invoke("fn")``: no JSON, no size to check
+        return "{}"
     text = event_text(event)
     size = len(text) if text.isascii() else len(text.encode("utf-8"))
     limit = ASYNC_MAX_EVENT_BYTES if async_run else SYNC_MAX_EVENT_BYTES

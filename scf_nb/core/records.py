@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import os
 import random
+import threading
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .status import Status
@@ -22,9 +24,11 @@ _VARIANT = {h: "89ab"[int(h, 16) & 3] for h in "0123456789abcdef"}  # RFC 4122 v
 
 
 def _tail() -> str:
+    """The last three groups of a RequestId, ``-4xxx-Vxxx-xxxxxxxxxxxx``, random but for the version and variant."""
     if not _tails:
         bits = f"{_rng.getrandbits(80 * 512):0{20 * 512}x}"
-        _tails.extend(bits[i:i + 20] for i in range(0, len(bits), 20))
+        _tails.extend(f"-4{t[1:4]}-{_VARIANT[t[4]]}{t[5:8]}-{t[8:20]}"
+                      for t in (bits[i:i + 20] for i in range(0, len(bits), 20)))
     return _tails.pop()
 
 # The order of the events table's columns; ``EventState.row`` follows it. New columns go at the end: an older
@@ -41,9 +45,35 @@ MUTABLE_COLUMNS = EVENT_COLUMNS[6:7] + EVENT_COLUMNS[9:19] + EVENT_COLUMNS[20:]
 def make_request_id(key: int) -> str:
     """A UUID-shaped RequestId whose first 48 bits are the event's integer key (random after that), so the
     store finds an event by a cheap integer range instead of an index on strings."""
-    tail = _tail()
-    variant = _VARIANT[tail[4]]
-    return f"{key >> 16 & 0xFFFFFFFF:08x}-{key & 0xFFFF:04x}-4{tail[1:4]}-{variant}{tail[5:8]}-{tail[8:20]}"
+    return f"{key >> 16 & 0xFFFFFFFF:08x}-{key & 0xFFFF:04x}{_tail()}"
+
+
+class RequestIds:
+    """Event keys from ``first`` on, each with its RequestId, made ``BATCH`` at a time. ``take`` (any thread) is
+    one ``popleft`` on the invoke path instead of a key, a format and a tail: 5-6 of a cold ``invoke``'s ~60 us
+    (bench/README.md, 2026-12-03). Keys a process did not use are skipped, never reused: the next engine
+    starts after the highest key its store holds."""
+
+    BATCH = 256
+
+    def __init__(self, first: int) -> None:
+        self._next = first
+        self._ready: deque[tuple[int, str]] = deque()
+        self._lock = threading.Lock()
+
+    def take(self) -> tuple[int, str]:
+        while True:
+            try:
+                return self._ready.popleft()
+            except IndexError:
+                self._refill()
+
+    def _refill(self) -> None:
+        with self._lock:
+            if not self._ready:  # (another thread may have refilled it meanwhile)
+                first = self._next
+                self._next = first + self.BATCH
+                self._ready.extend([(key, make_request_id(key)) for key in range(first, self._next)])
 
 
 def key_of(request_id: Any) -> int | None:

@@ -32,16 +32,19 @@ class Admission:
 
     def admit(self, fn: Any, now: float) -> None:
         """Take one token from the global bucket and the function's; ``LimitExceeded`` if either is empty."""
-        buckets = [self.total]
+        total = self.total
+        if not total.ready(now):
+            raise _over(total, "max_qps")
         if fn.qps_limit:
             bucket = self.per_function.get(fn.key)
             if bucket is None or bucket.rate != fn.qps_limit:
                 bucket = self.per_function[fn.key] = TokenBucket(fn.qps_limit)
-            buckets.append(bucket)
-        for bucket in buckets:
             if not bucket.ready(now):
-                which = "max_qps" if bucket is self.total else f"the qps_limit of {fn.name}"
-                raise ScfError("LimitExceeded.Qps",
-                               f"invocation rejected: over {which} ({bucket.rate:g}/s); no event was recorded")
-        for bucket in buckets:
+                raise _over(bucket, f"the qps_limit of {fn.name}")
             bucket.tokens -= 1.0
+        total.tokens -= 1.0
+
+
+def _over(bucket: TokenBucket, which: str) -> ScfError:
+    return ScfError("LimitExceeded.Qps",
+                    f"invocation rejected: over {which} ({bucket.rate:g}/s); no event was recorded")

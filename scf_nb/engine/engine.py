@@ -26,7 +26,6 @@ made; the instance backend (``scf_nb.instances``) is reached only through its in
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from typing import Any
 from ..core.config import Config
 from ..core.errors import ScfError
 from ..core.functions import Function, Registry
-from ..core.records import EventState, make_request_id
+from ..core.records import EventState, RequestIds
 from ..core.status import Status
 from ..instances import open_backend
 from ..store.store import Store
@@ -87,7 +86,7 @@ class Engine:
         try:
             self.recovered = self._recover()
             self.registry = Registry(self.store.load_functions())
-            self._keys = itertools.count(self.store.max_event_key() + 1)
+            self._ids = RequestIds(self.store.max_event_key() + 1)
         except BaseException:
             self.store.close()
             self._abandon()
@@ -150,17 +149,18 @@ class Engine:
         self.loop.post(self.dispatcher.retire, (namespace, name))
 
     def invoke(self, name: str, event: Any, qualifier: str, namespace: str) -> EventState:
-        """Accept an event: no disk I/O and no process round trip on this path."""
+        """Accept an event: no disk I/O (the journal line goes to the page cache) and no process round trip."""
         fn = self.registry.get(namespace, name, qualifier)
         payload = encode_event(event, fn.async_run)
         self._admission.admit(fn, time.monotonic())
-        key = next(self._keys)
-        ev = EventState(key, make_request_id(key), fn, fn.version, payload, self.clock())
+        key, request_id = self._ids.take()
+        ev = EventState(key, request_id, fn, fn.version, payload, self.clock())
         with self.store.lock:  # close() sets _closed under it too: an accepted event reaches the loop first
             if self._closed:
                 raise ScfError("FailedOperation.EngineStopped", "the engine was shut down")
             self.table.accept(ev)
             self.loop.post(self.dispatcher.invoke, ev)
+        self.store.journal.add(ev)  # on disk before its RequestId is returned (store/journal.py)
         return ev
 
     def live(self, request_id: str) -> EventState | None:

@@ -9,6 +9,7 @@ of this turn (in the order they were added; each says how soon it wants the next
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
@@ -82,12 +83,13 @@ class Loop:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self.poller.register(self._wake_r, (self._on_wake, None))
+        self._wake = _waker(self._wake_w)
 
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the loop's thread, soon (any thread)."""
         self.inbox.append((fn, args))
         if self.sleeping:
-            _wake(self._wake_w)
+            self._wake()
 
     def call_later(self, delay: float, fn: Callable[[Any], Any], arg: Any = None) -> None:
         """Run ``fn(arg)`` on the loop's thread ``delay`` seconds from now (the loop's thread only)."""
@@ -109,6 +111,7 @@ class Loop:
             self.thread.join(timeout=timeout)
 
     def close(self) -> None:
+        self.sleeping = False  # a later post only queues: no write to a closed (maybe reused) descriptor
         self.poller.close()
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
@@ -181,23 +184,21 @@ class Loop:
             pass
 
 
-def _make_wake() -> Any:
-    """A one-byte write that keeps the GIL. ``os.write`` releases it, and the engine thread it just woke
-    takes it and dispatches before ``invoke`` can return (measured: invoke p50 85 -> see bench/README.md)."""
+def _waker(fd: int) -> Callable[[], Any]:
+    """A one-byte write to ``fd`` that keeps the GIL. ``os.write`` releases it, and the engine thread it just
+    woke takes it and dispatches before ``invoke`` can return. A ``partial`` of the C function, its length a
+    ready ``c_size_t``, and no ``argtypes`` to convert through: a post to a sleeping loop 12-15 us on a cold
+    call against 20-23 us with ``argtypes`` (bench/README.md, 2026-12-03)."""
     try:
         import ctypes
 
         write = ctypes.PyDLL(None).write  # PyDLL: the call holds the GIL
-        write.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t)
         write.restype = ctypes.c_ssize_t
-        return lambda fd: write(fd, b"\0", 1)
+        return functools.partial(write, fd, b"\0", ctypes.c_size_t(1))  # (an int fd is passed as a C int)
     except (OSError, AttributeError):
-        def fallback(fd: int) -> None:
+        def fallback() -> None:
             try:
                 os.write(fd, b"\0")
             except OSError:
                 pass
         return fallback
-
-
-_wake = _make_wake()

@@ -10,7 +10,13 @@ the writer commits lets the journal forget what the file now holds (``settle``).
 home reads what is left (``read``) and records those events, which recovery then fails like every other
 event the dead engine left unfinished.
 
-Cost on the invoke path: one formatted line of ~130 bytes plus the event's payload, copied into the map.
+Cost on the invoke path: one formatted line of ~100 bytes plus the event's payload, copied into the map,
+8-10 us of a cold ``invoke`` (bench/README.md, 2026-12-03). The fields an event takes from its function are
+formatted once per function version; the event key is not written (it is in the RequestId); the start time is
+whole microseconds. ``invoke`` writes its line after it let go of the store's lock (the engine thread takes
+that lock for every event it moves), so lines may come out of acceptance order, or after the writer committed
+their event and settled the journal: ``read`` keys lines by event, and recovery records only the events the
+file lacks.
 """
 
 from __future__ import annotations
@@ -18,26 +24,36 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..core.records import EVENT_COLUMNS, EventState
+from ..core.records import EVENT_COLUMNS, EventState, key_of
 
-# What a journal line holds: the columns an event has when it is accepted (the rest stay NULL).
+# What a journal line holds: the columns an event has when it is accepted (the rest stay NULL). The key is not
+# written: it is in the RequestId (records.key_of).
 FIELDS = ("event_key", "request_id", "function_name", "namespace", "qualifier", "invoke_type", "traced",
           "start_time", "payload")
 _AT = tuple(EVENT_COLUMNS.index(c) for c in FIELDS)
 COMPACT_BYTES = 1 << 20  # a journal this big is rewritten with only the events the file lacks
 CAPACITY = 1 << 21  # the file's size at first (zeros after the data); doubled when lines need more
+PREFIXES = 256  # function versions whose line prefix is kept
 
 
-def _line(ev: EventState) -> bytes:
+def _line(ev: EventState, prefix: str | None = None) -> bytes:
     # Tab-separated, the payload last: names are letters, digits, '-' and '_' (functions.check_name), the
     # qualifier "$LATEST" or a version number, and the payload JSON text, which has no raw newline (json.dumps
-    # escapes it). A third of json.dumps' cost on the invoke path.
-    return (f"{ev.key}\t{ev.request_id}\t{ev.function_name}\t{ev.namespace}\t{ev.qualifier}\t{ev.invoke_type}\t"
-            f"{int(ev.traced)}\t{ev.start_time!r}\t{ev.payload}\n").encode()
+    # escapes it). The start time in whole microseconds (a float's repr cost a third of the line on a cold
+    # call; epoch seconds as a float resolve about half a microsecond anyway).
+    if prefix is None:
+        prefix = _prefix(ev)
+    return f"{ev.request_id}\t{prefix}{int(ev.start_time * 1e6)}\t{ev.payload}\n".encode()
+
+
+def _prefix(ev: EventState) -> str:
+    """The fields of a line that an event takes from its function (the same for all its events)."""
+    return f"{ev.function_name}\t{ev.namespace}\t{ev.qualifier}\t{ev.invoke_type}\t{int(ev.traced)}\t"
 
 
 def _data(fd: int) -> bytes:
@@ -48,13 +64,25 @@ def _data(fd: int) -> bytes:
 
 
 def _fields(raw: bytes) -> list[Any]:
-    """A line's fields (its newline taken off); ValueError for one that is not whole."""
-    parts = raw.decode("utf-8", errors="strict").split("\t", len(FIELDS) - 1)
-    if len(parts) != len(FIELDS):
+    """A line's fields (its newline taken off); ValueError for one that is not whole. A line of an engine
+    before 2026-12-03 starts with the key and has the start time as a float: read as well."""
+    text = raw.decode("utf-8", errors="strict")
+    if text[:1].isdigit() and text[8:9] != "-":  # the older line: key, then the rest with seconds
+        parts = text.split("\t", len(FIELDS) - 1)
+        if len(parts) != len(FIELDS):
+            raise ValueError(f"{len(parts)} fields")
+        key, rid, fn, ns, qualifier, kind, traced, start, payload = parts
+        json.loads(payload)
+        return [int(key), rid, fn, ns, qualifier, kind, traced == "1", float(start), payload]
+    parts = text.split("\t", len(FIELDS) - 2)
+    if len(parts) != len(FIELDS) - 1:
         raise ValueError(f"{len(parts)} fields")
-    key, rid, fn, ns, qualifier, kind, traced, start, payload = parts
+    rid, fn, ns, qualifier, kind, traced, start_us, payload = parts
+    event_key = key_of(rid)
+    if event_key is None:
+        raise ValueError(f"not a RequestId: {rid!r}")
     json.loads(payload)
-    return [int(key), rid, fn, ns, qualifier, kind, traced == "1", float(start), payload]
+    return [event_key, rid, fn, ns, qualifier, kind, traced == "1", int(start_us) / 1e6, payload]
 
 
 class Journal:
@@ -74,6 +102,10 @@ class Journal:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         self._map: mmap.mmap | None = None
         self._cap = 0
+        self._lock = threading.Lock()  # add (invoking threads) against settle and close (the store's writer)
+        # id(function) -> (function, qualifier, its _prefix): a third of the line's cost on a cold call saved;
+        # holding the function keeps its id from being reused while it is here
+        self._prefixes: dict[int, tuple[Any, str, str]] = {}
         self.size = len(_data(self._fd))
         self._grow(self.size)
 
@@ -90,21 +122,37 @@ class Journal:
         self._cap = cap
 
     def add(self, ev: EventState) -> None:
-        """Record an accepted event (the caller holds the store's lock, so lines follow acceptance order)."""
-        line = _line(ev)
-        end = self.size + len(line)
-        if end > self._cap:
-            self._grow(end)
-        assert self._map is not None
-        self._map[self.size:end] = line
-        self.size = end
+        """Record an event just accepted (not under the store's lock: the engine thread takes that one for
+        every event it moves, and an invoke holding it longer made them queue behind each other). Lines may
+        come out of acceptance order, and one may come after its event reached the file and the journal
+        was settled: ``read`` keys lines by event, and recovery records only events the file lacks."""
+        fn = ev.fn
+        known = self._prefixes.get(id(fn))
+        if known is None or known[0] is not fn or known[1] is not ev.qualifier:
+            if len(self._prefixes) >= PREFIXES:
+                self._prefixes.clear()
+            known = self._prefixes[id(fn)] = (fn, ev.qualifier, _prefix(ev))
+        line = f"{ev.request_id}\t{known[2]}{int(ev.start_time * 1e6)}\t{ev.payload}\n".encode()  # _line's
+        with self._lock:
+            if self._map is None:  # closed: the store wrote every event it accepted to the file first
+                return
+            end = self.size + len(line)
+            if end > self._cap:
+                self._grow(end)
+            self._map[self.size:end] = line
+            self.size = end
 
     def settle(self, unwritten: list[EventState]) -> None:
         """Every event accepted so far is in the store's file but ``unwritten`` (call under the store's lock,
         after a commit): an empty journal when none is, else a rewrite with only them once it grew big."""
+        with self._lock:
+            self._settle(unwritten)
+
+    def _settle(self, unwritten: list[EventState]) -> None:
+        if self._map is None:
+            return
         if not unwritten:
             if self.size:
-                assert self._map is not None
                 self._map[:self.size] = bytes(self.size)
                 self.size = 0
         elif self.size > COMPACT_BYTES:
@@ -133,9 +181,11 @@ class Journal:
         self._grow(self.size)
 
     def close(self, remove: bool) -> None:
-        if self._map is not None:
-            self._map.close()
-        os.close(self._fd)
+        with self._lock:
+            if self._map is not None:
+                self._map.close()
+                self._map = None
+            os.close(self._fd)
         if remove:
             self.path.unlink(missing_ok=True)
 

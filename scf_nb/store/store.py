@@ -162,8 +162,8 @@ class Store:
 
     # -- buffers (called by the engine, under ``lock`` where it says so) --------------------------------
     def add_event(self, ev: EventState) -> None:
-        """A new event (hold ``lock``): in the journal at once, in the file with a later batch."""
-        self.journal.add(ev)
+        """A new event (hold ``lock``): in the file with a later batch. The caller puts it in the journal
+        (``journal.add``) once it let go of ``lock``, before it hands out the RequestId."""
         self._new.append(ev)
         touched = self._touched
         if touched is not None:
