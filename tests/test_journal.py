@@ -54,7 +54,9 @@ THREADS_KILLED = textwrap.dedent('''
     scf_nb.configure(home=sys.argv[1], max_qps=1e9, flush_interval=0.01)
     scf_nb.create_function("quick", "def main_handler(event, context):\\n    return event\\n", async_run=True,
                            concurrency=2)
-    ids, stop = [], time.monotonic() + 1.5
+    first = scf_nb.invoke("quick", {})
+    first.wait(60)  # the instances are up: events end and are committed all along
+    ids, stop = [first.request_id], time.monotonic() + 1.5
     def invoking(t):
         n = 0
         while time.monotonic() < stop:  # the writer commits and settles the journal all along
@@ -154,7 +156,54 @@ def test_a_journal_left_by_an_engine_of_the_older_line_format_is_read(tmp_path: 
         assert (row[0], row[col("request_id")], row[col("start_time")], row[col("payload")]) == \
             (7, rid, 1712345678.25, '{"a": 1}')
         j.add(_Accepted(8))  # type: ignore[arg-type]  # a new line after the old one: both read
-        assert [r[0] for r in J.Journal(path).read()] == [7, 8]
+        again = J.Journal(path)
+        assert [r[0] for r in again.read()] == [7, 8]
+        again.close(remove=False)
+    finally:
+        j.close(remove=True)
+
+
+def test_old_bytes_left_after_the_data_by_a_cut_short_clear_are_never_read_as_lines(tmp_path: Path) -> None:
+    """A process killed while it cleared the journal may leave zeros at the start and old lines after them
+    (memset need not run front to back). The next journal's lines must not run on into those bytes."""
+    from scf_nb.store import journal as J
+
+    path = tmp_path / "cut.accepted"
+    first = _Accepted(1)
+    stale = f"9\t{make_request_id(9)}\tf\tdefault\t$LATEST\tasync\t1\t1.5\t{{}}\n".encode()  # a whole line
+    path.write_bytes(bytes(len(J._line(first))) + stale + bytes(100))  # type: ignore[arg-type]
+    j = J.Journal(path)
+    try:
+        assert j.read() == []
+        j.add(first)  # type: ignore[arg-type]  # ends right where the old line starts
+        assert [r[0] for r in j.read()] == [1]
+    finally:
+        j.close(remove=True)
+
+
+def test_a_journal_whose_rewrite_could_not_map_its_file_still_takes_lines(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed compaction must not leave a journal that drops lines silently (as a closed one does)."""
+    from scf_nb.store import journal as J
+
+    path = tmp_path / "rw.accepted"
+    j = J.Journal(path)
+    many = [_Accepted(k) for k in range(1, 2 + J.COMPACT_BYTES // 60)]
+    for ev in many:
+        j.add(ev)  # type: ignore[arg-type]
+    real = J.mmap.mmap
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(J.mmap, "mmap", real)  # once
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(J.mmap, "mmap", failing)
+    with pytest.raises(OSError):
+        j.settle(many[-1:])  # type: ignore[arg-type]  # the rewrite is in place, its map failed
+    late = _Accepted(10 ** 6)
+    j.add(late)  # type: ignore[arg-type]
+    try:
+        assert [r[0] for r in J.Journal(path).read()] == [many[-1].key, late.key]
     finally:
         j.close(remove=True)
 

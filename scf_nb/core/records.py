@@ -25,11 +25,13 @@ _VARIANT = {h: "89ab"[int(h, 16) & 3] for h in "0123456789abcdef"}  # RFC 4122 v
 
 def _tail() -> str:
     """The last three groups of a RequestId, ``-4xxx-Vxxx-xxxxxxxxxxxx``, random but for the version and variant."""
-    if not _tails:
-        bits = f"{_rng.getrandbits(80 * 512):0{20 * 512}x}"
-        _tails.extend(f"-4{t[1:4]}-{_VARIANT[t[4]]}{t[5:8]}-{t[8:20]}"
-                      for t in (bits[i:i + 20] for i in range(0, len(bits), 20)))
-    return _tails.pop()
+    while True:  # (any thread: a pop that finds the list emptied by another one makes more)
+        try:
+            return _tails.pop()
+        except IndexError:
+            bits = f"{_rng.getrandbits(80 * 512):0{20 * 512}x}"
+            _tails.extend(f"-4{t[1:4]}-{_VARIANT[t[4]]}{t[5:8]}-{t[8:20]}"
+                          for t in (bits[i:i + 20] for i in range(0, len(bits), 20)))
 
 # The order of the events table's columns; ``EventState.row`` follows it. New columns go at the end: an older
 # store gets them by ALTER TABLE (store.MIGRATIONS), which appends.
@@ -51,8 +53,8 @@ def make_request_id(key: int) -> str:
 class RequestIds:
     """Event keys from ``first`` on, each with its RequestId, made ``BATCH`` at a time. ``take`` (any thread) is
     one ``popleft`` on the invoke path instead of a key, a format and a tail: 5-6 of a cold ``invoke``'s ~60 us
-    (bench/README.md, 2026-12-03). Keys a process did not use are skipped, never reused: the next engine
-    starts after the highest key its store holds."""
+    (bench/README.md, 2026-12-03). Keys made but not handed out die with the process; the next engine starts
+    after the highest key its store holds, so it may make them again (no RequestId anyone saw is reused)."""
 
     BATCH = 256
 

@@ -84,12 +84,16 @@ class Loop:
         os.set_blocking(self._wake_w, False)
         self.poller.register(self._wake_r, (self._on_wake, None))
         self._wake = _waker(self._wake_w)
+        self._wake_lock = threading.Lock()  # a wake against close: never a write to a closed (reused) fd
+        self._closed = False
 
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the loop's thread, soon (any thread)."""
         self.inbox.append((fn, args))
         if self.sleeping:
-            self._wake()
+            with self._wake_lock:
+                if not self._closed:
+                    self._wake()
 
     def call_later(self, delay: float, fn: Callable[[Any], Any], arg: Any = None) -> None:
         """Run ``fn(arg)`` on the loop's thread ``delay`` seconds from now (the loop's thread only)."""
@@ -111,10 +115,11 @@ class Loop:
             self.thread.join(timeout=timeout)
 
     def close(self) -> None:
-        self.sleeping = False  # a later post only queues: no write to a closed (maybe reused) descriptor
-        self.poller.close()
-        for fd in (self._wake_r, self._wake_w):
-            os.close(fd)
+        with self._wake_lock:  # a later post only queues: no write to a closed (maybe reused) descriptor
+            self._closed = True
+            self.poller.close()
+            for fd in (self._wake_r, self._wake_w):
+                os.close(fd)
 
     def _run(self) -> None:
         while True:

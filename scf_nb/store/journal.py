@@ -106,7 +106,11 @@ class Journal:
         # id(function) -> (function, qualifier, its _prefix): a third of the line's cost on a cold call saved;
         # holding the function keeps its id from being reused while it is here
         self._prefixes: dict[int, tuple[Any, str, str]] = {}
+        self._closed = False
         self.size = len(_data(self._fd))
+        # Zeros after the data, whatever a killed process left there: a memset cut short may have cleared the
+        # start of the data and not its end, and the next lines must not run on into those old bytes.
+        os.ftruncate(self._fd, self.size)
         self._grow(self.size)
 
     def _grow(self, need: int) -> None:
@@ -134,11 +138,12 @@ class Journal:
             known = self._prefixes[id(fn)] = (fn, ev.qualifier, _prefix(ev))
         line = f"{ev.request_id}\t{known[2]}{int(ev.start_time * 1e6)}\t{ev.payload}\n".encode()  # _line's
         with self._lock:
-            if self._map is None:  # closed: the store wrote every event it accepted to the file first
+            if self._closed:  # the store wrote every event it accepted to the file first
                 return
             end = self.size + len(line)
-            if end > self._cap:
+            if end > self._cap:  # (or no map: a rewrite that failed to map its file; this raises if it fails)
                 self._grow(end)
+            assert self._map is not None
             self._map[self.size:end] = line
             self.size = end
 
@@ -149,8 +154,11 @@ class Journal:
             self._settle(unwritten)
 
     def _settle(self, unwritten: list[EventState]) -> None:
-        if self._map is None:
+        if self._closed:
             return
+        if self._map is None:  # a rewrite that failed to map its file
+            self._grow(self.size)
+        assert self._map is not None
         if not unwritten:
             if self.size:
                 self._map[:self.size] = bytes(self.size)
@@ -182,6 +190,7 @@ class Journal:
 
     def close(self, remove: bool) -> None:
         with self._lock:
+            self._closed = True
             if self._map is not None:
                 self._map.close()
                 self._map = None
