@@ -103,9 +103,9 @@ class Journal:
         self._map: mmap.mmap | None = None
         self._cap = 0
         self._lock = threading.Lock()  # add (invoking threads) against settle and close (the store's writer)
-        # id(function) -> (function, qualifier, its _prefix): a third of the line's cost on a cold call saved;
-        # holding the function keeps its id from being reused while it is here
-        self._prefixes: dict[int, tuple[Any, str, str]] = {}
+        # id(function) -> (function, its _prefix): a third of the line's cost on a cold call saved; holding the
+        # function keeps its id from being reused while it is here (a Function is frozen, its version included)
+        self._prefixes: dict[int, tuple[Any, str]] = {}
         self._closed = False
         self.size = len(_data(self._fd))
         # Zeros after the data, whatever a killed process left there: a memset cut short may have cleared the
@@ -132,11 +132,11 @@ class Journal:
         was settled: ``read`` keys lines by event, and recovery records only events the file lacks."""
         fn = ev.fn
         known = self._prefixes.get(id(fn))
-        if known is None or known[0] is not fn or known[1] is not ev.qualifier:
+        if known is None or known[0] is not fn:
             if len(self._prefixes) >= PREFIXES:
                 self._prefixes.clear()
-            known = self._prefixes[id(fn)] = (fn, ev.qualifier, _prefix(ev))
-        line = f"{ev.request_id}\t{known[2]}{int(ev.start_time * 1e6)}\t{ev.payload}\n".encode()  # _line's
+            known = self._prefixes[id(fn)] = (fn, _prefix(ev))
+        line = _line(ev, known[1])
         with self._lock:
             if self._closed:  # the store wrote every event it accepted to the file first
                 return
