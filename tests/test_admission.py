@@ -55,9 +55,9 @@ def test_event_payload_limits() -> None:
 
 
 def test_request_ids_carry_their_key() -> None:
-    ids = {make_request_id(k) for k in (1, 2, 2**40 + 7)}
-    assert len(ids) == 3
-    assert sorted(key_of(i) for i in ids) == [1, 2, 2**40 + 7]
+    ids = {make_request_id(k) for k in (1, 2, 2**40 + 7, 2**48 - 1)}
+    assert len(ids) == 4
+    assert sorted(key_of(i) for i in ids) == [1, 2, 2**40 + 7, 2**48 - 1]
     assert key_of("not-an-id") is None and key_of(42) is None
     assert key_of("zzzzzzzz-zzzz-4000-8000-000000000000") is None
 
@@ -86,7 +86,8 @@ def test_request_ids_taken_from_many_threads_are_unique_uuid_shaped_and_carry_ri
     assert min(k for k, _ in pairs) == 1000
     for mine in taken:  # each thread sees its keys rise
         assert [k for k, _ in mine] == sorted(k for k, _ in mine)
-    for key, rid in pairs[:: RequestIds.BATCH // 4]:
+    assert len({rid[14:] for _, rid in pairs}) == len(pairs)  # the random part differs too (made in batches)
+    for key, rid in pairs:
         assert key_of(rid) == key
         assert uuid.UUID(rid).version == 4 and uuid.UUID(rid).variant == uuid.RFC_4122
         assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", rid)

@@ -72,6 +72,7 @@ class Engine:
         self.backend = open_backend(config, self.loop, self.close)
         self.memory = MemoryLimits(self.loop, self.backend, self.table)
         self.dispatcher = Dispatcher(self.settings, self.loop, self.table, self.backend, self.memory)
+        self._dispatch = self.dispatcher.invoke  # bound once: invoke sends it with each event (Loop.send)
         self.memory.dispatcher = self.dispatcher
         self.lifecycle = Lifecycle(self.settings, self.loop, self.table, self.dispatcher, self.memory, self.backend)
         self.backend.attach(self.lifecycle)
@@ -159,7 +160,7 @@ class Engine:
             if self._closed:
                 raise ScfError("FailedOperation.EngineStopped", "the engine was shut down")
             self.table.accept(ev)
-            self.loop.post(self.dispatcher.invoke, ev)
+            self.loop.send(self._dispatch, ev)
         self.store.journal.add(ev)  # on disk before its RequestId is returned (store/journal.py)
         return ev
 
