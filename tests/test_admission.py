@@ -60,6 +60,17 @@ def test_request_ids_carry_their_key() -> None:
     assert sorted(key_of(i) for i in ids) == [1, 2, 2**40 + 7, 2**48 - 1]
     assert key_of("not-an-id") is None and key_of(42) is None
     assert key_of("zzzzzzzz-zzzz-4000-8000-000000000000") is None
+    import uuid
+
+    from scf_nb.core.records import make_request_ids
+    one, (batch,) = make_request_id(2**48 - 1), [r for _, r in make_request_ids(2**48 - 1, 1)]
+    for rid in (one, batch):  # one at a time (pure Python) and in a batch (numpy): the same form
+        u = uuid.UUID(rid)
+        assert str(u) == rid and u.version == 4 and u.variant == uuid.RFC_4122 and key_of(rid) == 2**48 - 1
+    assert one[:15] == batch[:15] and one != batch  # the key's 48 bits and the version digit, then random
+    for bad in (-1, 2**48):
+        with pytest.raises(ValueError, match="event key"):
+            make_request_id(bad)
 
 
 def test_request_ids_taken_from_many_threads_are_unique_uuid_shaped_and_carry_rising_keys() -> None:

@@ -52,8 +52,15 @@ MUTABLE_COLUMNS = EVENT_COLUMNS[6:7] + EVENT_COLUMNS[9:19] + EVENT_COLUMNS[20:]
 
 
 def make_request_id(key: int) -> str:
-    """The RequestId of event ``key`` (one; the engine takes them from :class:`RequestIds`)."""
-    return make_request_ids(key, 1)[0][1]
+    """The RequestId of event ``key``, the same form as :func:`make_request_ids` gives (one at a time, ~3 us,
+    without numpy; the engine takes them from :class:`RequestIds`)."""
+    if not 0 <= key < 1 << 48:
+        raise ValueError(f"an event key is 0 .. 2**48 - 1, not {key}")
+    raw = bytearray(key.to_bytes(6, "big") + _rng.randbytes(10))
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class RequestIds:

@@ -6,7 +6,7 @@
     ---------------------                 ------------------------------------              ----------------
     check function + event, rate limit
     RequestId, QUEUED record -> store buffer (EventTable)
-    loop.post(Dispatcher.invoke) ---->    per-function FIFO -> idle instance? --- offer --->  pending: the first
+    loop.send(Dispatcher.invoke) ---->    per-function FIFO -> idle instance? --- offer --->  pending: the first
     return Event (no disk, no process)        else start one (Backend.start)                  instance to claim it
                                               else send ahead to busy ones -- send_ahead ->   runs it
                                           Lifecycle (the backend's Host):  <-- started ----   claimed: RUNNING
