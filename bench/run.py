@@ -124,6 +124,7 @@ def main() -> int:
     if unknown:
         p.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
     sys.path.insert(0, str(HERE))
+    _compile_measured()
     started = datetime.now()
     load_start = os.getloadavg()
     results = []
@@ -153,6 +154,18 @@ def main() -> int:
         path.write_text(json.dumps(doc, indent=1, default=str))
     print(f"\nwritten: {RESULTS / (stem + '.json')}")
     return 1 if any(r.get("error") for r in results) else 0
+
+
+def _compile_measured() -> None:
+    """Byte-compile the scf_nb being measured, as installing it does. Where PYTHONDONTWRITEBYTECODE is set (it
+    is on these machines) no ``.pyc`` is ever written, so every process, each instance included, compiled every
+    module from source at each start: row 8 was 10-20 % slower for that alone (bench/README.md, 2026-12-04)."""
+    import compileall
+    import importlib.util
+
+    spec = importlib.util.find_spec("scf_nb")
+    if spec is not None and spec.origin:
+        compileall.compile_dir(str(Path(spec.origin).parent), quiet=1)
 
 
 def _versions() -> dict:

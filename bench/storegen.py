@@ -4,9 +4,9 @@ the benchmark's engine process does not carry the generator's memory).
     python bench/storegen.py HOME N_EVENTS LINES_PER_EVENT
 
 Uses the engine's own schema (``scf_nb.store.store.SCHEMA``) and RequestIds from
-``scf_nb.core.records.make_request_ids`` (the integer key embedded; all made at once). 20 functions; 90% FINISHED, 7% FAILED,
-3% ABORTED; start times spread over the last 60 hours in key order (as the engine writes them); every event
-has LINES_PER_EVENT lines (the last on stderr).
+``scf_nb.core.records.make_request_ids`` (the integer key embedded; all made at once). 20 functions; 90%
+FINISHED, 7% FAILED, 3% ABORTED; start times spread over the last 60 hours in key order (as the engine writes
+them); every event has LINES_PER_EVENT lines (the last on stderr).
 """
 
 from __future__ import annotations

@@ -245,3 +245,59 @@ def test_a_journal_line_written_after_its_event_reached_the_file_changes_nothing
         assert again.journal.read() == []
     finally:
         again.close()
+
+
+def test_a_journal_longer_than_one_read_is_read_whole_wherever_its_pieces_end(tmp_path: Path) -> None:
+    """The journal is read a piece at a time up to its first NUL: lines across a piece's end, data ending
+    exactly at one, and data with no zeros after it (a file cut to its data) all come back, each line once."""
+    from scf_nb.store import journal as J
+
+    for total in (J._READ_BYTES - 1, J._READ_BYTES, J._READ_BYTES + 1, 3 * J._READ_BYTES + 17):
+        path = tmp_path / f"long{total}.accepted"
+        lines, size, k = [], 0, 1
+        while size < total:
+            ev = _Accepted(k)
+            line = J._line(ev)  # type: ignore[arg-type]
+            if size + 2 * len(line) > total:  # the last line padded (in its payload) to end at exactly `total`
+                ev.payload = ""
+                ev.payload = json.dumps({"pad": "x" * (total - size - len(J._line(ev)) - 11)})  # type: ignore
+                line = J._line(ev)  # type: ignore[arg-type]
+            lines.append(line)
+            size += len(line)
+            k += 1
+        data = b"".join(lines)
+        assert len(data) == total
+        for tail in (b"", bytes(J.CAPACITY)):
+            path.write_bytes(data + tail)
+            j = J.Journal(path)
+            try:
+                assert j.size == len(data)
+                assert [r[0] for r in j.read()] == list(range(1, k)), (total, len(tail))
+            finally:
+                j.close(remove=False)
+
+
+def test_a_new_store_beside_a_journal_left_by_a_dead_engine_records_and_fails_its_events(tmp_path: Path) -> None:
+    """A store file made now (nothing to migrate or recover in it) still takes what a journal beside it holds:
+    those events are recorded and failed, as on any restart."""
+    from scf_nb.store import journal as J
+    from scf_nb.store.store import Store
+
+    path = tmp_path / "s.duckdb"
+    j = J.Journal(path.with_name(path.name + ".accepted"))
+    for k in (1, 2):
+        j.add(_Accepted(k))  # type: ignore[arg-type]
+    j.close(remove=False)  # its store file was removed, or never written
+    store = Store(path, 256, lambda events: None)
+    try:
+        assert store.created
+        assert store.recover("engine lost", 200.0, "1:mark") == 2
+        assert store.cursor().execute("SELECT event_key, status FROM events ORDER BY 1").fetchall() == \
+            [(1, "FAILED"), (2, "FAILED")]
+    finally:
+        store.close()
+    again = Store(path, 256, lambda events: None)
+    try:
+        assert not again.created and again.recover("engine lost", 300.0, "2:mark") == 0
+    finally:
+        again.close()

@@ -39,6 +39,7 @@ _AT = tuple(EVENT_COLUMNS.index(c) for c in FIELDS)
 COMPACT_BYTES = 1 << 20  # a journal this big is rewritten with only the events the file lacks
 CAPACITY = 1 << 21  # the file's size at first (zeros after the data); doubled when lines need more
 PREFIXES = 256  # function versions whose line prefix is kept
+_READ_BYTES = 1 << 16
 
 
 def _line(ev: EventState, prefix: str | None = None) -> bytes:
@@ -57,10 +58,20 @@ def _prefix(ev: EventState) -> str:
 
 
 def _data(fd: int) -> bytes:
-    """The journal's lines: the file up to its first NUL byte."""
-    raw = os.pread(fd, os.fstat(fd).st_size, 0)
-    end = raw.find(b"\0")
-    return raw if end < 0 else raw[:end]
+    """The journal's lines: the file up to its first NUL byte (read a piece at a time: the file is mostly
+    zeros, and reading all 2 MiB of them was ~1.5 ms of every engine start)."""
+    pieces, at = [], 0
+    while True:
+        raw = os.pread(fd, _READ_BYTES, at)
+        end = raw.find(b"\0")
+        if end >= 0:
+            pieces.append(raw[:end])
+            break
+        pieces.append(raw)
+        if len(raw) < _READ_BYTES:
+            break
+        at += len(raw)
+    return b"".join(pieces)
 
 
 def _fields(raw: bytes) -> list[Any]:

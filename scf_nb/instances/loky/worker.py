@@ -49,11 +49,9 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from ...core import results
 from ...core.logchannel import END_MARKER
 from . import wire
 from .ahead import Claims
-from .cgroups import oom_kills
 from .worker_pipes import OWN_ENDS as _OWN_ENDS
 from .worker_pipes import left_behind, move_stdio, new_pipe
 
@@ -127,7 +125,10 @@ def serve(address: str, token: str) -> None:
     for fd in read_ends:
         os.close(fd)
     engine_side.close()
-    # Idle, a receive gives up after _REAP_EVERY_S, to collect adopted orphans now and then.
+    # Idle, a receive gives up after _REAP_EVERY_S, to collect adopted orphans now and then. Nothing is adopted
+    # yet: the first scan is due a period from now, not between the first event's end and its "done" (a scan
+    # of /proc there was 3-5 ms of every cold start's round trip, bench/README.md 2026-12-04).
+    _last_reap[0] = time.monotonic()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(_REAP_EVERY_S), 0))
     runner = _Runner(sock, side)
     signal.signal(signal.SIGTERM, runner.on_sigterm)
@@ -356,7 +357,12 @@ class _Runner:
         spec = self.spec.get("memory")
         if not spec or outcome[0] == "ABORTED":
             return outcome
-        over = oom_kills(spec["oom_file"]) > 0 if spec["oom_file"] else memory > spec["limit"]
+        if spec["oom_file"]:
+            from .cgroups import oom_kills  # (imported here: a function without memory_mb never needs it)
+
+            over = oom_kills(spec["oom_file"]) > 0
+        else:
+            over = memory > spec["limit"]
         if not over:
             return outcome
         self.failed = True
@@ -383,6 +389,8 @@ class _Runner:
     def _dump_result(self, result: Any) -> tuple[str, bytes | None]:
         """The return value's JSON text, and its pickle when JSON would not give it back (results.py). Nothing
         of it is dropped; what a form could not keep is said in the event's log."""
+        from ...core import results  # (imported at the first result that is not None: ~5 ms of a cold start)
+
         text, pickled, notes = results.encode(result, self.module_name)
         for note in notes:
             print(note, file=sys.stderr)
